@@ -1,0 +1,313 @@
+"""The notebook API: `lx.session(...)` as a sync and async context manager (embedded mode)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
+
+from .audio import to_pcm_bytes
+from .config import SessionConfig, build_asr_config, default_output_root, parse_formats
+from .events import EndReason, Event
+from .paths import ensure_dir_under, resolve_under
+from .resources import process_counters, worker_figures
+from .runtime import RUNTIME, wait_future
+
+POLL = 0.25
+
+
+class PushSource:
+    """Audio you feed yourself: `s.feed(int16 bytes or NumPy array)`, 16 kHz mono."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "push"}
+
+
+class MicSource:
+    """The default (or given) microphone, via the optional `sounddevice` package."""
+
+    def __init__(self, device: int | str | None = None) -> None:
+        self.device = device
+
+    def describe(self) -> dict[str, Any]:
+        if importlib.util.find_spec("sounddevice") is None:
+            raise ValueError("microphone input needs the optional 'sounddevice' package: pip install 'loquilex-nb[mic]'")
+        return {"kind": "mic", "device": self.device}
+
+
+def describe_source(source: Any, realtime: bool) -> dict[str, Any]:
+    if isinstance(source, (PushSource, MicSource)):
+        return source.describe()
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise ValueError(f"audio file {str(source)!r} does not exist")
+        if not path.is_file():
+            raise ValueError(f"audio source {str(source)!r} is not a file")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"audio file {str(source)!r} is not readable")
+        return {"kind": "file", "path": str(path.resolve()), "realtime": bool(realtime)}
+    raise ValueError(f"source must be a file path, lx.PushSource() or lx.MicSource(), got {type(source).__name__}")
+
+
+def build_config(
+    source: Any,
+    *,
+    sid: str,
+    realtime: bool = True,
+    out: str | None = None,
+    output_root: str | os.PathLike | None = None,
+    formats: Any = ("vtt", "srt", "txt"),
+    final_lines: int = 50,
+    owner: str | None = None,
+    **asr_options: Any,
+) -> SessionConfig:
+    """Validate every argument; raises ValueError before any process starts."""
+    if not isinstance(realtime, bool):
+        raise ValueError(f"realtime must be True or False, got {realtime!r}")
+    if isinstance(final_lines, bool) or not isinstance(final_lines, int) or final_lines < 1:
+        raise ValueError(f"final_lines must be a whole number >= 1, got {final_lines!r}")
+    src = describe_source(source, realtime)
+    asr = build_asr_config(asr_options)
+    fmts = parse_formats(formats)
+    root = Path(output_root) if output_root is not None else default_output_root()
+    name = out if out is not None else sid
+    resolve_under(root, name)  # reject an escaping name before creating anything
+    root.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_dir_under(root, name)
+    return SessionConfig(source=src, out_dir=str(out_dir), asr=asr, formats=fmts, final_lines=final_lines, owner=owner)
+
+
+class Session:
+    """A captioning session run by this process's supervisor.
+
+    Nothing starts until `with`, `async with`, `start()` or the first blocking call.
+    """
+
+    def __init__(self, source: Any, **options: Any) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.config = build_config(source, sid=self.id, **options)
+        self._core = None
+        self._acquired = False
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> "Session":
+        if self._closed:
+            raise RuntimeError(f"session {self.id} is closed")
+        if self._core is None:
+            RUNTIME.acquire()
+            self._acquired = True
+            try:
+                self._core = RUNTIME.call(lambda sup: sup.create(self.config, sid=self.id))
+            except BaseException:
+                self._release()
+                raise
+        return self
+
+    async def astart(self) -> "AsyncSession":
+        if self._closed:
+            raise RuntimeError(f"session {self.id} is closed")
+        if self._core is None:
+            RUNTIME.acquire()
+            self._acquired = True
+            try:
+                sup = RUNTIME.supervisor
+                self._core = await asyncio.wrap_future(RUNTIME.submit(sup.create(self.config, sid=self.id)))
+            except BaseException:
+                self._acquired = False
+                await RUNTIME.release_async()
+                raise
+        return AsyncSession(self)
+
+    async def aclose(self) -> EndReason | None:
+        if self._closed:
+            return self.end
+        self._closed = True
+        try:
+            if self._core is not None:
+                await asyncio.shield(asyncio.wrap_future(RUNTIME.submit(self._core.close())))
+        except Exception:
+            pass  # the runtime logs; close must not raise
+        finally:
+            if self._acquired:
+                self._acquired = False
+                await RUNTIME.release_async()
+        return self.end
+
+    def close(self) -> EndReason | None:
+        """Stop the session and release everything it owns; idempotent, bounded, never raises."""
+        if self._closed:
+            return self.end
+        self._closed = True
+        try:
+            if self._core is not None:
+                wait_future(RUNTIME.submit(self._core.close()))
+        except KeyboardInterrupt:
+            self._release()
+            raise
+        except Exception:
+            pass  # the runtime logs; close must not raise
+        self._release()
+        return self.end
+
+    def _release(self) -> None:
+        if self._acquired:
+            self._acquired = False
+            RUNTIME.release()
+
+    def __enter__(self) -> "Session":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    async def __aenter__(self) -> "AsyncSession":
+        return await self.astart()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    # -- commands ------------------------------------------------------------------------
+    def _session(self):
+        if self._core is None:
+            self.start()
+        return self._core
+
+    def _run(self, coro, timeout: float | None = None) -> Any:
+        return wait_future(RUNTIME.submit(coro), timeout)
+
+    def feed(self, chunk: Any) -> None:
+        data, fmt = to_pcm_bytes(chunk)
+        if data:
+            self._run(self._session().feed(data, fmt))
+
+    def finalize(self) -> None:
+        self._run(self._session().finalize())
+
+    def stop(self, grace: float | None = None) -> EndReason:
+        """Ask the worker to finish (finalizing what it heard); escalates after the grace."""
+        return self._run(self._session().stop(grace))
+
+    def wait(self, timeout: float | None = None) -> EndReason | None:
+        """Block until the session ends (e.g. the end of a file); None on timeout."""
+        return self._run(self._session().wait(timeout))
+
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        """Every event in order, until eos. Events that fell out of the log are skipped."""
+        session = self._session()
+        seq = 0
+        while True:
+            batch, _gap = self._run(session.next_events(seq, POLL if timeout is None else min(POLL, timeout)))
+            for ev in batch:
+                seq = ev.seq
+                yield ev
+                if ev.type == "eos":
+                    return
+            if not batch and not session.alive and seq >= session.seq:
+                return
+
+    __iter__ = events
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def status(self) -> str:
+        return "created" if self._core is None else self._core.state
+
+    @property
+    def end(self) -> EndReason | None:
+        return None if self._core is None else self._core.end
+
+    @property
+    def finals(self) -> list[Event]:
+        return [] if self._core is None else list(self._core.finals)
+
+    @property
+    def partial(self) -> Event | None:
+        return None if self._core is None else self._core.partial
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._core is None else self._core.pid
+
+    @property
+    def outputs(self) -> dict[str, Path]:
+        out = Path(self.config.out_dir)
+        names = {"partial": "partial.txt", "final": "final.txt", "vtt": "captions.vtt", "srt": "captions.srt"}
+        wanted = {"partial"} | {{"txt": "final"}.get(f, f) for f in self.config.formats}
+        return {k: out / v for k, v in names.items() if k in wanted}
+
+    @property
+    def text(self) -> str:
+        return " ".join(ev.text or "" for ev in self.finals).strip()
+
+    def __repr__(self) -> str:
+        return f"<loquilex Session {self.id} {self.status}>"
+
+
+class AsyncSession:
+    """The same session, with awaitable commands for `async with` / `async for`."""
+
+    def __init__(self, session: Session) -> None:
+        self._s = session
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s, name)
+
+    async def _run(self, coro) -> Any:
+        return await asyncio.wrap_future(RUNTIME.submit(coro))
+
+    async def feed(self, chunk: Any) -> None:
+        data, fmt = to_pcm_bytes(chunk)
+        if data:
+            await self._run(self._s._core.feed(data, fmt))
+
+    async def finalize(self) -> None:
+        await self._run(self._s._core.finalize())
+
+    async def stop(self, grace: float | None = None) -> EndReason:
+        return await self._run(self._s._core.stop(grace))
+
+    async def wait(self, timeout: float | None = None) -> EndReason | None:
+        return await self._run(self._s._core.wait(timeout))
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        core = self._s._core
+        seq = 0
+        while True:
+            batch, _gap = await self._run(core.next_events(seq, POLL))
+            for ev in batch:
+                seq = ev.seq
+                yield ev
+                if ev.type == "eos":
+                    return
+            if not batch and not core.alive and seq >= core.seq:
+                return
+
+
+def session(source: Any, **options: Any) -> Session:
+    return Session(source, **options)
+
+
+def sessions() -> list[dict[str, Any]]:
+    sup = RUNTIME.supervisor
+    return [] if sup is None else [s.info() for s in sup.list()]
+
+
+def stop_all() -> None:
+    if RUNTIME.supervisor is not None:
+        RUNTIME.call(lambda sup: sup.stop_all())
+
+
+def resources() -> dict[str, Any]:
+    """Counters of this process (tasks of the private loop) and of each session's worker."""
+    sup = RUNTIME.supervisor
+    proc = process_counters(loop=RUNTIME.loop) if RUNTIME.loop is not None else process_counters()
+    workers = []
+    for s in sup.list() if sup is not None else []:
+        if s.pid is not None:
+            workers.append({"sid": s.id, "state": s.state, **worker_figures(s.pid).as_dict()})
+    return {"process": proc.as_dict(), "sessions": workers}

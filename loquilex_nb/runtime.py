@@ -1,0 +1,163 @@
+"""The private event-loop thread that hosts the supervisor in embedded mode.
+
+It works the same in a plain script and in a Jupyter kernel whose own loop is already
+running, because the supervisor never touches the caller's loop. The thread lives while at
+least one session handle is open (it is the thread that spawns workers, so their
+parent-death signal stays armed) and is joined when the last one closes and at interpreter
+exit, before Python waits for non-daemon threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from typing import Any, Awaitable, Callable, TypeVar
+
+from .supervisor import Supervisor
+
+log = logging.getLogger("loquilex_nb")
+T = TypeVar("T")
+
+SHUTDOWN_TIMEOUT = 30.0
+
+
+def wait_future(fut: concurrent.futures.Future, timeout: float | None = None) -> Any:
+    """Block on a future in short slices so Ctrl-C (KeyboardInterrupt) gets through."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        slice_ = 0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))
+        try:
+            return fut.result(timeout=slice_)
+        except concurrent.futures.TimeoutError:
+            if deadline is not None and time.monotonic() >= deadline:
+                fut.cancel()
+                raise TimeoutError("timed out") from None
+        except BaseException:
+            fut.cancel()
+            raise
+
+
+class Runtime:
+    def __init__(self, supervisor_factory: Callable[[], Supervisor] = Supervisor) -> None:
+        self._factory = supervisor_factory
+        self._lock = threading.Lock()
+        self._refs = 0
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._supervisor: Supervisor | None = None
+        self._atexit_registered = False
+        self._exited: concurrent.futures.Future | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop
+
+    @property
+    def supervisor(self) -> Supervisor | None:
+        return self._supervisor
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._start_locked()
+            self._refs += 1
+
+    def release(self) -> None:
+        parts = self._detach_if_last()
+        if parts is not None:
+            self._stop_parts(*parts)
+
+    async def release_async(self) -> None:
+        """Like release(), awaiting the shutdown instead of blocking the caller's loop."""
+        parts = self._detach_if_last()
+        if parts is None:
+            return
+        thread, loop, supervisor, exited = parts
+        try:
+            await asyncio.shield(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(supervisor.shutdown(), loop)))
+        except Exception as exc:
+            log.error("loquilex supervisor shutdown failed: %r", exc)
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.shield(asyncio.wrap_future(exited))
+        thread.join()  # the thread has finished its last statement; this returns at once
+
+    def submit(self, coro: Awaitable[T]) -> concurrent.futures.Future:
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the loquilex runtime is not running")
+        return asyncio.run_coroutine_threadsafe(coro, loop)
+
+    def call(self, coro_fn: Callable[[Supervisor], Awaitable[T]], timeout: float | None = None) -> T:
+        assert self._supervisor is not None
+        return wait_future(self.submit(coro_fn(self._supervisor)), timeout)
+
+    def _start_locked(self) -> None:
+        ready = threading.Event()
+        exited: concurrent.futures.Future = concurrent.futures.Future()
+        loop = asyncio.new_event_loop()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                self._supervisor = self._factory()
+                ready.set()
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+                loop.close()
+                ready.set()
+                exited.set_result(None)
+
+        self._loop = loop
+        self._exited = exited
+        self._thread = threading.Thread(target=run, name="loquilex-loop")
+        self._thread.start()
+        ready.wait()
+        if not self._atexit_registered:
+            # runs before the interpreter joins non-daemon threads, unlike atexit
+            threading._register_atexit(self.shutdown)  # type: ignore[attr-defined]
+            self._atexit_registered = True
+
+    def _detach_if_last(self, force: bool = False):
+        with self._lock:
+            if not force:
+                self._refs -= 1
+                if self._refs > 0:
+                    return None
+            self._refs = 0
+            if self._thread is None:
+                return None
+            parts = (self._thread, self._loop, self._supervisor, self._exited)
+            self._thread = self._loop = self._supervisor = None
+            return parts
+
+    def _stop_parts(self, thread, loop, supervisor, exited) -> None:
+        interrupted: BaseException | None = None
+        fut = asyncio.run_coroutine_threadsafe(supervisor.shutdown(), loop)
+        while True:
+            try:
+                fut.result(timeout=SHUTDOWN_TIMEOUT)
+                break
+            except KeyboardInterrupt as exc:
+                # a second Ctrl-C must not strand workers: finish the (bounded) shutdown first
+                interrupted = exc
+            except BaseException as exc:  # close never raises to its caller: log it
+                log.error("loquilex supervisor shutdown failed: %r", exc)
+                break
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        if interrupted is not None:
+            raise interrupted
+
+    def shutdown(self) -> None:
+        """Stop every session and join the loop thread; idempotent."""
+        parts = self._detach_if_last(force=True)
+        if parts is not None:
+            self._stop_parts(*parts)
+
+
+RUNTIME = Runtime()

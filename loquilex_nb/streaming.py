@@ -1,0 +1,253 @@
+"""Streaming recogniser: utterances from the VAD, partials while they go on, finals at their end.
+
+Two schedules share one decoder:
+- live (real-time file, push, microphone): a partial every `partial_interval` of new audio
+  while the input is not backlogged, a final when `vad_silence` of silence ends the
+  utterance or it reaches `max_segment`. Each decode covers at most one utterance, so the
+  work per second of audio is bounded; earlier finals are the prompt (left context).
+- batch (file as fast as possible): finished utterances are gathered up to `batch_window`
+  and decoded together, which costs about what one batch transcribe does; partials are
+  replayed from the word timings at no extra decode.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .config import SAMPLE_RATE, AsrConfig
+from .decoder import Hypothesis, Word
+from .vad import EnergyVad
+
+PAD = int(0.4 * SAMPLE_RATE)  # audio kept around an utterance so word edges are not cut
+FORCED_TAIL = 1.0  # seconds left undecided at a forced split (a word may be cut there)
+
+Emit = Callable[..., None]
+
+
+@dataclass
+class Utterance:
+    start: int
+    end: int
+    seg: int
+
+
+class StreamingRecognizer:
+    def __init__(self, decoder, cfg: AsrConfig, emit: Emit, *, live: bool) -> None:
+        self.decoder = decoder
+        self.cfg = cfg
+        self.emit = emit
+        self.live = live
+        self.vad = EnergyVad(cfg.vad_threshold_db)
+        self.buf = np.zeros(0, dtype=np.float32)
+        self.buf_start = 0  # sample index of buf[0]
+        self.total = 0
+        self.utt_start: int | None = None
+        self.last_voice = 0
+        self.last_partial_at = 0
+        self.partial_text = ""
+        self.segment_no = 0
+        self.context = ""
+        self.pending: list[Utterance] = []  # batch schedule: finished, not yet decoded
+        self.arrivals: deque[tuple[int, float]] = deque(maxlen=512)  # (end sample, monotonic)
+        self.decode_cpu = 0.0
+        self.decodes = 0
+
+    # -- input ---------------------------------------------------------------------------
+    def push(self, chunk: np.ndarray) -> None:
+        start = self.total
+        self.buf = np.concatenate([self.buf, chunk]) if len(self.buf) else chunk.copy()
+        self.total += len(chunk)
+        self.arrivals.append((self.total, time.monotonic()))
+        for end, speech in self.vad.frames(chunk, start):
+            if speech:
+                if self.utt_start is None:
+                    self.utt_start = max(0, end - 3 * 480)
+                    self.last_partial_at = end
+                    self.segment_no += 1
+                self.last_voice = end
+            elif self.utt_start is not None and end - self.last_voice >= self.cfg.vad_silence * SAMPLE_RATE:
+                self._utterance_done(Utterance(self.utt_start, self.last_voice, self.segment_no))
+            limit = self.cfg.max_segment if self.live else self.cfg.batch_window
+            if self.utt_start is not None and end - self.utt_start >= limit * SAMPLE_RATE:
+                self._forced_split(end)
+        self._trim()
+
+    def tick(self, backlogged: bool) -> None:
+        """Live schedule: decode a partial when enough new audio arrived and we are caught up."""
+        if not self.live or self.utt_start is None or backlogged:
+            return
+        if self.total - self.last_partial_at < self.cfg.partial_interval * SAMPLE_RATE:
+            return
+        self.last_partial_at = self.total
+        hyp = self._decode(self.utt_start, self.total, words=False)
+        if hyp.text:
+            self.partial_text = hyp.text
+            self.emit(
+                "asr.partial",
+                segment_id=self.segment_no,
+                text=hyp.text,
+                t0=_sec(self.utt_start),
+                t1=_sec(self.total),
+            )
+
+    def finalize(self, decode: bool = True) -> None:
+        """Commit everything heard so far. decode=False reuses the last partial (fast exit)."""
+        if self.utt_start is not None:
+            utt = Utterance(self.utt_start, max(self.last_voice, self.utt_start + 1), self.segment_no)
+            if decode:
+                self._utterance_done(utt)
+            else:
+                self.utt_start = None
+                if self.partial_text:
+                    self._emit_final(utt, self.partial_text, [], reason="fast-exit")
+                self.partial_text = ""
+        if self.pending:
+            if decode:
+                self._flush_batch()
+            else:
+                self.pending.clear()
+
+    # -- schedules -------------------------------------------------------------------------
+    def _utterance_done(self, utt: Utterance) -> None:
+        self.utt_start = None
+        if self.live:
+            hyp = self._decode(utt.start, utt.end, words=True)
+            self._emit_final(utt, hyp.text, hyp.words, offset=_sec(self._lo(utt.start)), hyp=hyp)
+            self.partial_text = ""
+            return
+        self.pending.append(utt)
+        if _sec(utt.end - self.pending[0].start) >= self.cfg.batch_window * 0.75:
+            self._flush_batch()
+
+    def _forced_split(self, now: int) -> None:
+        """An utterance too long to decode in one window: commit all but its last second."""
+        if not self.live and self.pending:
+            self._flush_batch()
+        start = self.utt_start
+        assert start is not None
+        lo = self._lo(start)
+        hyp = self._decode(start, now, words=True)
+        cut = now - int(FORCED_TAIL * SAMPLE_RATE)
+        keep = [w for w in hyp.words if lo + int(w.end * SAMPLE_RATE) <= cut]
+        if hyp.words and keep:
+            text = "".join(w.word for w in keep).strip()
+            split = lo + int(keep[-1].end * SAMPLE_RATE)
+        else:
+            text, keep, split = hyp.text, hyp.words, now
+        self._emit_final(Utterance(start, split, self.segment_no), text, keep, offset=_sec(lo), hyp=hyp, reason="max-length")
+        self.partial_text = ""
+        self.segment_no += 1
+        self.utt_start = split
+        self.last_partial_at = split
+
+    def _flush_batch(self) -> None:
+        utts, self.pending = self.pending, []
+        lo = self._lo(utts[0].start)
+        hyp = self._decode(utts[0].start, utts[-1].end, words=True)
+        if not hyp.words:
+            if hyp.text:
+                self._emit_final(Utterance(utts[0].start, utts[-1].end, utts[0].seg), hyp.text, [], hyp=hyp)
+            return
+        groups: list[list[Word]] = [[] for _ in utts]
+        for w in hyp.words:
+            mid = lo + int((w.start + w.end) / 2 * SAMPLE_RATE)
+            groups[min(range(len(utts)), key=lambda i: _distance(utts[i], mid))].append(w)
+        for utt, words in zip(utts, groups):
+            if not words:
+                continue
+            step = self.cfg.partial_interval
+            t = _sec(utt.start) + step
+            while t < _sec(utt.end):
+                heard = [w for w in words if _sec(lo) + w.end <= t]
+                if heard:
+                    self.emit(
+                        "asr.partial",
+                        segment_id=utt.seg,
+                        text="".join(w.word for w in heard).strip(),
+                        t0=_sec(utt.start),
+                        t1=round(t, 3),
+                    )
+                t += step
+            self._emit_final(utt, "".join(w.word for w in words).strip(), words, offset=_sec(lo), hyp=hyp)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _lo(self, start: int) -> int:
+        return max(self.buf_start, start - PAD)
+
+    def _decode(self, start: int, end: int, *, words: bool) -> Hypothesis:
+        lo = self._lo(start)
+        hi = min(self.total, end + PAD)
+        audio = self.buf[lo - self.buf_start : hi - self.buf_start]
+        t = time.process_time()
+        hyp = self.decoder.decode(audio, self.context[-self.cfg.context_chars :], words=words)
+        self.decode_cpu += time.process_time() - t
+        self.decodes += 1
+        return hyp
+
+    def _emit_final(
+        self,
+        utt: Utterance,
+        text: str,
+        words: list[Word],
+        *,
+        offset: float = 0.0,
+        hyp: Hypothesis | None = None,
+        reason: str = "silence",
+    ) -> None:
+        text = text.strip()
+        if not text:
+            return
+        self.context = (self.context + " " + text).strip()[-1000:]
+        word_dicts = [w.as_dict(offset) for w in words]
+        t0 = word_dicts[0]["t0"] if word_dicts else _sec(utt.start)
+        t1 = word_dicts[-1]["t1"] if word_dicts else _sec(utt.end)
+        data: dict = {"reason": reason}
+        if hyp is not None:
+            data["window_s"] = hyp.window_s
+            data["retried"] = hyp.retried
+        if self.live:
+            arrived = self._arrival_of(utt.end)
+            if arrived is not None:
+                data["latency"] = round(time.monotonic() - arrived, 3)
+        self.emit(
+            "asr.final",
+            segment_id=utt.seg,
+            text=text,
+            t0=round(t0, 3),
+            t1=round(max(t1, t0), 3),
+            words=word_dicts,
+            data=data,
+        )
+
+    def _arrival_of(self, sample: int) -> float | None:
+        for end, mono in self.arrivals:
+            if end >= sample:
+                return mono
+        return None
+
+    def _trim(self) -> None:
+        """Keep only audio that a future decode can still need."""
+        keep_from = self.total - PAD
+        if self.utt_start is not None:
+            keep_from = min(keep_from, self.utt_start - PAD)
+        if self.pending:
+            keep_from = min(keep_from, self.pending[0].start - PAD)
+        drop = keep_from - self.buf_start
+        if drop > SAMPLE_RATE:
+            self.buf = self.buf[drop:]
+            self.buf_start += drop
+
+
+def _sec(samples: int) -> float:
+    return round(samples / SAMPLE_RATE, 3)
+
+
+def _distance(utt: Utterance, sample: int) -> int:
+    if utt.start <= sample <= utt.end:
+        return 0
+    return min(abs(sample - utt.start), abs(sample - utt.end))

@@ -1,0 +1,379 @@
+"""The leak checker must catch real leaks and stay quiet about clean code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from loquilex_nb.leakcheck import Leak, LeakError, leakcheck
+from loquilex_nb.resources import fd_targets, process_counters, worker_figures
+
+pytest_plugins = ["pytester"]
+
+SETTLE = 0.2
+CHECKER = pytest.mark.no_leakcheck("tests the checker")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _kinds(err: LeakError) -> set[str]:
+    return {leak.kind for leak in err.leaks}
+
+
+def _wait_zombie(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "child never exited"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop running in its own thread, as a live session would have."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-loop")
+    thread.start()
+    try:
+        yield loop
+    finally:
+        async def _cancel_rest() -> None:
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(_cancel_rest(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+# --- leaks are detected -------------------------------------------------------
+
+
+@CHECKER
+def test_detects_thread_not_joined() -> None:
+    stop = threading.Event()
+    with pytest.raises(LeakError) as info:
+        with leakcheck(settle=SETTLE):
+            t = threading.Thread(target=stop.wait, name="leaky-worker")
+            t.start()
+    stop.set()
+    t.join()
+    assert _kinds(info.value) == {"thread"}
+    assert "leaky-worker" in str(info.value)
+    assert f"ident={t.ident}" in str(info.value)
+    assert "daemon=False" in str(info.value)
+
+
+@CHECKER
+def test_allow_threads_prefix_is_ignored() -> None:
+    stop = threading.Event()
+    with leakcheck(settle=SETTLE, allow_threads=("pool-",)):
+        t = threading.Thread(target=stop.wait, name="pool-1")
+        t.start()
+    stop.set()
+    t.join()
+
+
+@CHECKER
+def test_detects_file_left_open(tmp_path: Path) -> None:
+    path = tmp_path / "left-open.txt"
+    with pytest.raises(LeakError) as info:
+        with leakcheck(settle=SETTLE):
+            f = open(path, "w")
+    fd = f.fileno()
+    f.close()
+    assert _kinds(info.value) == {"fd"}
+    assert f"{fd} -> {path}" in str(info.value)
+
+
+@CHECKER
+def test_detects_file_swapped_for_another_at_same_count(tmp_path: Path) -> None:
+    # Counts stay equal (one closed, one opened) but a new file is held open.
+    before = open(tmp_path / "a", "w")
+    with pytest.raises(LeakError) as info:
+        with leakcheck(settle=SETTLE):
+            before.close()
+            after = open(tmp_path / "b", "w")
+    after.close()
+    assert str(tmp_path / "b") in str(info.value)
+
+
+def test_file_closed_and_reopened_same_target_is_clean(tmp_path: Path) -> None:
+    path = tmp_path / "log.txt"
+    f = open(path, "w")
+    with leakcheck(settle=SETTLE):
+        f.close()
+        f = open(path, "w")
+    f.close()
+
+
+@CHECKER
+def test_detects_socket_left_open() -> None:
+    with pytest.raises(LeakError) as info:
+        with leakcheck(settle=SETTLE):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+    s.close()
+    assert _kinds(info.value) == {"fd", "sockets"}
+    assert "socket:[" in str(info.value)
+    assert "+1" in str(info.value)
+
+
+@CHECKER
+def test_detects_unix_socketpair_left_open() -> None:
+    with pytest.raises(LeakError) as info:
+        with leakcheck(settle=SETTLE):
+            a, b = socket.socketpair()
+    a.close()
+    b.close()
+    assert "+2" in str(info.value)
+
+
+@CHECKER
+def test_detects_running_child_not_reaped() -> None:
+    with pytest.raises(LeakError) as info:
+        with leakcheck(settle=SETTLE):
+            proc = subprocess.Popen(["sleep", "30"])
+    proc.kill()
+    proc.wait()
+    assert _kinds(info.value) == {"child"}
+    assert f"pid={proc.pid}" in str(info.value)
+    assert "sleep 30" in str(info.value)
+
+
+@CHECKER
+def test_detects_zombie_child() -> None:
+    with pytest.raises(LeakError) as info:
+        with leakcheck(settle=SETTLE):
+            proc = subprocess.Popen(["true"])
+            _wait_zombie(proc)
+    proc.wait()
+    assert _kinds(info.value) == {"child"}
+    assert "zombie" in str(info.value)
+
+
+@CHECKER
+def test_detects_pending_task_of_idle_loop() -> None:
+    loop = asyncio.new_event_loop()  # its epoll + self-pipe predate the block
+    try:
+        with pytest.raises(LeakError) as info:
+            with leakcheck(settle=SETTLE, loop=loop):
+                task = loop.create_task(asyncio.sleep(30), name="forgotten")
+        assert _kinds(info.value) == {"task"}
+        assert "forgotten" in str(info.value)
+        assert "coro=sleep" in str(info.value)
+        task.cancel()
+        loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+    finally:
+        loop.close()
+
+
+@CHECKER
+def test_detects_pending_task_of_loop_in_other_thread(
+    loop_thread: asyncio.AbstractEventLoop,
+) -> None:
+    async def spawn() -> None:
+        asyncio.get_running_loop().create_task(asyncio.sleep(30), name="orphan")
+
+    with pytest.raises(LeakError) as info:
+        with leakcheck(settle=SETTLE, loop=loop_thread):
+            asyncio.run_coroutine_threadsafe(spawn(), loop_thread).result(5)
+    assert _kinds(info.value) == {"task"}
+    assert "orphan" in str(info.value)
+
+
+@CHECKER
+def test_block_error_is_kept_and_leak_attached_as_note() -> None:
+    stop = threading.Event()
+    with pytest.raises(ValueError) as info:
+        with leakcheck(settle=SETTLE):
+            t = threading.Thread(target=stop.wait, name="leaky-on-error")
+            t.start()
+            raise ValueError("original")
+    stop.set()
+    t.join()
+    assert str(info.value) == "original"
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "leaky-on-error" in notes
+
+
+def test_leak_error_pickles() -> None:
+    err = LeakError([Leak("fd", "7 -> /tmp/x")], 1.0)
+    copy = pickle.loads(pickle.dumps(err))
+    assert str(copy) == str(err) and copy.leaks == err.leaks
+
+
+# --- clean code passes ---------------------------------------------------------
+
+
+def test_clean_thread_joined() -> None:
+    with leakcheck(settle=SETTLE):
+        t = threading.Thread(target=time.sleep, args=(0.01,))
+        t.start()
+        t.join()
+
+
+def test_thread_finishing_within_settle_passes() -> None:
+    with leakcheck(settle=2.0):
+        threading.Thread(target=time.sleep, args=(0.2,)).start()
+
+
+def test_clean_file_closed(tmp_path: Path) -> None:
+    with leakcheck(settle=SETTLE):
+        with open(tmp_path / "x", "w") as f:
+            f.write("x")
+        with tempfile.TemporaryFile() as tf:
+            tf.write(b"x")
+
+
+def test_clean_socket_closed() -> None:
+    with leakcheck(settle=SETTLE):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+
+
+def test_clean_child_waited() -> None:
+    with leakcheck(settle=SETTLE):
+        subprocess.run(["true"], check=True)
+        proc = subprocess.Popen(["sleep", "30"])
+        proc.kill()
+        proc.wait()
+
+
+def test_task_finishing_within_settle_passes(
+    loop_thread: asyncio.AbstractEventLoop,
+) -> None:
+    async def spawn() -> None:
+        asyncio.get_running_loop().create_task(asyncio.sleep(0.2))
+
+    with leakcheck(settle=2.0, loop=loop_thread):
+        asyncio.run_coroutine_threadsafe(spawn(), loop_thread).result(5)
+
+
+async def test_async_test_passes_the_plugin_check() -> None:
+    # pytest-asyncio's loop (epoll fd, self-pipe sockets, executor thread)
+    # must be gone by the time the autouse leak check tears down, or this
+    # test errors at teardown.
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        host, port = server.sockets[0].getsockname()[:2]
+        _, writer = await asyncio.open_connection(host, port)
+        writer.close()
+        await writer.wait_closed()
+    await asyncio.get_running_loop().run_in_executor(None, time.sleep, 0.01)
+
+
+# --- counters -------------------------------------------------------------------
+
+
+def test_process_counters_and_worker_figures_on_real_child() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        counters = process_counters()
+        assert counters.pid == os.getpid()
+        assert child.pid in counters.children
+        assert counters.threads >= 1
+        assert threading.current_thread().name in counters.thread_names
+        assert counters.tasks is None  # no running loop in a sync test
+        assert counters.fds >= 3
+        assert counters.rss > 0
+        json.dumps(counters.as_dict())
+
+        with socket.socket() as s:
+            assert process_counters().sockets == counters.sockets + 1
+            assert any(t.startswith("socket:") for t in fd_targets().values())
+            assert fd_targets()[s.fileno()].startswith("socket:[")
+
+        foreign = process_counters(pid=child.pid)
+        assert foreign.pid == child.pid
+        assert foreign.thread_names == () and foreign.tasks is None
+        assert foreign.rss > 0
+
+        first = worker_figures(child.pid)
+        assert first.alive and first.pid == child.pid
+        assert first.rss > 0 and first.fds >= 3
+        assert first.cpu_user >= 0.0 and first.cpu_system >= 0.0
+        assert first.cpu_percent is None  # no previous sample yet
+        second = worker_figures(child.pid)
+        assert second.cpu_percent is not None and second.cpu_percent >= 0.0
+        json.dumps(second.as_dict())
+    finally:
+        child.kill()
+        child.wait()
+    gone = worker_figures(child.pid)
+    assert gone.alive is False
+    assert (gone.rss, gone.fds, gone.cpu_user, gone.cpu_percent) == (0, 0, 0.0, None)
+
+
+def test_worker_figures_treats_zombie_as_dead() -> None:
+    proc = subprocess.Popen(["true"])
+    try:
+        _wait_zombie(proc)
+        assert worker_figures(proc.pid).alive is False
+    finally:
+        proc.wait()
+
+
+async def test_process_counters_counts_tasks_of_running_loop() -> None:
+    counters = process_counters()
+    assert counters.tasks is not None and counters.tasks >= 1  # this test's task
+
+
+# --- the pytest plugin, end to end in a child pytest ----------------------------
+
+
+def test_plugin_fails_leaky_test_and_passes_async_ones(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    pytester.makepyfile(
+        textwrap.dedent(
+            """
+            import asyncio, threading, pytest
+
+            _stop = threading.Event()
+
+            @pytest.mark.leak_settle(0.1)
+            def test_leaks_thread():
+                threading.Thread(target=_stop.wait, name="leaked-in-child").start()
+
+            def test_releases_thread():
+                _stop.set()
+
+            async def test_async_function_loop():
+                await asyncio.sleep(0)
+
+            @pytest.mark.asyncio(loop_scope="module")
+            async def test_async_module_loop():
+                await asyncio.sleep(0)
+
+            @pytest.mark.no_leakcheck("tests the checker")
+            def test_opted_out():
+                threading.Thread(target=_stop.wait).start()
+            """
+        )
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "loquilex_nb.pytest_plugin", "-o", "asyncio_mode=auto",
+        "-o", "asyncio_default_fixture_loop_scope=function", "-p", "no:cacheprovider",
+    )
+    result.assert_outcomes(passed=5, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_leaks_thread*", "*leaked-in-child*"])
