@@ -260,7 +260,7 @@ class Session:
         data = raw.get("data")
         if type_ == "status" and data and data.get("state") == "running" and self.state == "starting":
             self.state = "running"
-        if type_ == "error" and data:
+        if type_ == "error" and data and data.get("fatal"):
             self._worker_error = data.get("detail") or data.get("code")
         self._publish(
             type_,

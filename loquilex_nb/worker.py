@@ -257,15 +257,17 @@ def main() -> int:
         elif source["kind"] == "mic":
             mic = MicFeeder(source.get("device"), items)
         if "hang" in fault:
-            while True:
-                time.sleep(3600)
+            # a worker stuck in a long decode: deaf to control messages, not to signals
+            while not quick.wait(0.1):
+                pass
+            return 0
         reason = run_loop(rec, items, quick, reader.stop_requested, stop_source, emit, source["kind"])
         rec.finalize(decode=reason.decode)
         emit("status", data={"state": "finished", "reason": reason.reason, "decode_cpu_s": round(rec.decode_cpu, 3), "decodes": rec.decodes})
         if reason.reason == "source-error":
             code = 2
     except Exception as exc:
-        emit("error", data={"code": "worker", "detail": f"{type(exc).__name__}: {exc}"})
+        emit("error", data={"code": "worker", "detail": f"{type(exc).__name__}: {exc}", "fatal": True})
         traceback.print_exc()
         code = 2
     finally:
@@ -312,7 +314,7 @@ def run_loop(rec, items, quick, stop_requested, stop_source, emit, kind: str) ->
         elif op in ("source-end",):
             return Exit("end-of-source", decode=True)
         elif op == "source-error":
-            emit("error", data={"code": "audio", "detail": payload})
+            emit("error", data={"code": "audio", "detail": payload, "fatal": True})
             return Exit("source-error", decode=True)
         elif op == "eof":
             return Exit("supervisor-gone", decode=False)

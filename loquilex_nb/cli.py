@@ -1,0 +1,119 @@
+"""Command line: `loquilex-nb transcribe FILE` and `loquilex-nb sample-path`.
+
+`transcribe` runs one session through the same embedded API a notebook uses, prints each
+final caption to stdout as it arrives (with a progress bar on stderr), then the paths of
+the caption files. Exit codes: 0 clean end, 1 the session failed, 2 bad input, 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+SAMPLE = Path(__file__).resolve().parent / "data" / "sample.wav"
+
+
+class _Bar(tqdm):
+    # no monitor thread: a CLI run (or a test calling main()) must leave no thread behind
+    monitor_interval = 0
+
+
+def audio_duration(path: str) -> float | None:
+    """Seconds of audio according to the container, or None if it does not say."""
+    try:
+        import av
+
+        with av.open(path) as container:
+            if container.duration:
+                return container.duration / av.time_base
+            stream = container.streams.audio[0] if container.streams.audio else None
+            if stream is not None and stream.duration and stream.time_base:
+                return float(stream.duration * stream.time_base)
+    except Exception:  # unreadable here means "unknown"; the worker reports the real error
+        return None
+    return None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loquilex-nb", description="Live captions from audio files.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    tr = sub.add_parser("transcribe", help="caption an audio file")
+    tr.add_argument("file", help="audio file (anything PyAV/FFmpeg reads)")
+    tr.add_argument("--out", metavar="DIR", help="directory for the caption files (default: a new one under ./loquilex-captions)")
+    tr.add_argument("--formats", default="vtt,srt,txt", help="comma-separated subset of vtt,srt,txt (default: all)")
+    tr.add_argument("--realtime", action="store_true", help="pace the file at real speed, as if it were live")
+    tr.add_argument("--model", metavar="DIR", help="CTranslate2 Whisper model directory (default: bundled tiny.en)")
+    sub.add_parser("sample-path", help="print the path of the bundled sample audio")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed usage/help already
+        return exc.code if isinstance(exc.code, int) else 2
+    if args.command == "sample-path":
+        print(SAMPLE)
+        return 0
+    return transcribe(args)
+
+
+def transcribe(args: argparse.Namespace) -> int:
+    from . import api
+
+    options: dict = {"realtime": args.realtime, "formats": args.formats}
+    if args.out is not None:
+        out = Path(args.out).expanduser()
+        options["output_root"] = out.parent
+        options["out"] = out.name
+    if args.model is not None:
+        options["model"] = args.model
+    try:
+        session = api.session(args.file, **options)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    duration = audio_duration(args.file)
+    if duration is not None:
+        bar = _Bar(total=round(duration, 1), file=sys.stderr, leave=False, dynamic_ncols=True,
+                   bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
+    else:
+        bar = _Bar(total=None, file=sys.stderr, leave=False, bar_format="{desc}{n:.1f} s heard [{elapsed}]")
+    printed = 0
+    try:
+        with session as s:
+            for ev in s.events():
+                if ev.type == "asr.final":
+                    printed += 1
+                    _Bar.write(ev.text or "", file=sys.stdout)
+                    sys.stdout.flush()
+                    if ev.t1 is not None:
+                        bar.update(max(0.0, min(ev.t1, bar.total or ev.t1) - bar.n))
+            end = s.end
+            outputs = s.outputs
+    except KeyboardInterrupt:
+        bar.close()
+        for ev in session.finals[printed:]:  # what the worker finalized while stopping
+            print(ev.text or "")
+        print("interrupted: session stopped", file=sys.stderr)
+        return 130
+    if end is not None and end.kind == "clean" and bar.total:
+        bar.update(bar.total - bar.n)
+    bar.close()
+    if end is None or end.kind != "clean":
+        detail = "the session did not end" if end is None else f"{end.kind}: {end.detail}"
+        print(f"error: session failed ({detail})", file=sys.stderr)
+        return 1
+    for kind, path in outputs.items():
+        if kind != "partial":
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
