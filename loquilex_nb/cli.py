@@ -38,6 +38,13 @@ def audio_duration(path: str) -> float | None:
     return None
 
 
+def _progress_bar(duration: float | None) -> _Bar:
+    if duration is None:  # unknown length: a counter of seconds heard
+        return _Bar(total=None, file=sys.stderr, leave=False, bar_format="{n:.1f} s heard [{elapsed}]")
+    return _Bar(total=round(duration, 1), file=sys.stderr, leave=False, dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loquilex-nb", description="Live captions from audio files.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -78,12 +85,7 @@ def transcribe(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    duration = audio_duration(args.file)
-    if duration is not None:
-        bar = _Bar(total=round(duration, 1), file=sys.stderr, leave=False, dynamic_ncols=True,
-                   bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
-    else:
-        bar = _Bar(total=None, file=sys.stderr, leave=False, bar_format="{desc}{n:.1f} s heard [{elapsed}]")
+    bar = _progress_bar(audio_duration(args.file))
     printed = 0
     try:
         with session as s:
@@ -96,15 +98,16 @@ def transcribe(args: argparse.Namespace) -> int:
                         bar.update(max(0.0, min(ev.t1, bar.total or ev.t1) - bar.n))
             end = s.end
             outputs = s.outputs
+        if end is not None and end.kind == "clean" and bar.total:
+            bar.update(bar.total - bar.n)
     except KeyboardInterrupt:
         bar.close()
         for ev in session.finals[printed:]:  # what the worker finalized while stopping
             print(ev.text or "")
         print("interrupted: session stopped", file=sys.stderr)
         return 130
-    if end is not None and end.kind == "clean" and bar.total:
-        bar.update(bar.total - bar.n)
-    bar.close()
+    finally:
+        bar.close()
     if end is None or end.kind != "clean":
         detail = "the session did not end" if end is None else f"{end.kind}: {end.detail}"
         print(f"error: session failed ({detail})", file=sys.stderr)

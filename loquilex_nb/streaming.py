@@ -23,7 +23,7 @@ from .config import SAMPLE_RATE, AsrConfig
 from .decoder import Hypothesis, Word
 from .vad import EnergyVad
 
-PAD = int(0.4 * SAMPLE_RATE)  # audio kept around an utterance so word edges are not cut
+PAD = int(1.0 * SAMPLE_RATE)  # audio around an utterance: edges are not cut, and Whisper gets a lead-in
 FORCED_TAIL = 1.0  # seconds left undecided at a forced split (a word may be cut there)
 
 Emit = Callable[..., None]
@@ -73,6 +73,10 @@ class StreamingRecognizer:
             elif self.utt_start is not None and end - self.last_voice >= self.cfg.vad_silence * SAMPLE_RATE:
                 self._utterance_done(Utterance(self.utt_start, self.last_voice, self.segment_no))
             limit = self.cfg.max_segment if self.live else self.cfg.batch_window
+            if self.pending and end - self.pending[0].start + 2 * PAD >= self.cfg.batch_window * SAMPLE_RATE:
+                # Whisper does best with long windows: decode finished utterances together,
+                # as late as the window allows
+                self._flush_batch()
             if self.utt_start is not None and end - self.utt_start >= limit * SAMPLE_RATE:
                 self._forced_split(end)
         self._trim()
@@ -121,8 +125,6 @@ class StreamingRecognizer:
             self.partial_text = ""
             return
         self.pending.append(utt)
-        if _sec(utt.end - self.pending[0].start) >= self.cfg.batch_window * 0.75:
-            self._flush_batch()
 
     def _forced_split(self, now: int) -> None:
         """An utterance too long to decode in one window: commit all but its last second."""

@@ -198,3 +198,12 @@ def test_runtime_is_released_by_the_last_handle(output_root):
     b.close()
     b.close()  # idempotent
     assert loop_threads() == [] and RUNTIME.supervisor is None
+
+
+def test_microphone_without_sounddevice_is_a_clear_error(output_root):
+    import importlib.util
+
+    if importlib.util.find_spec("sounddevice") is not None:
+        pytest.skip("sounddevice is installed here")
+    with pytest.raises(ValueError, match="sounddevice"):
+        lx.session(lx.MicSource(), output_root=output_root)
