@@ -33,7 +33,7 @@ class AsrConfig:
     compute_type: str = "int8"
     cpu_threads: int = 1
     beam_size: int = 1
-    partial_interval: float = 0.5
+    partial_interval: float = 0.4
     vad_silence: float = 0.45
     vad_threshold_db: float = -45.0
     max_segment: float = 8.0

@@ -206,7 +206,12 @@ class StreamingRecognizer:
             return
         self.context = (self.context + " " + text).strip()[-1000:]
         word_dicts = [w.as_dict(offset) for w in words]
-        t0 = word_dicts[0]["t0"] if word_dicts else _sec(utt.start)
+        # raw alignment puts the first word's start at the start of the decoded audio (the
+        # lead-in); the detector knows better when speech began
+        speech_t0 = _sec(utt.start)
+        for w in word_dicts:
+            w["t0"] = min(max(w["t0"], speech_t0), w["t1"])
+        t0 = max(word_dicts[0]["t0"], speech_t0) if word_dicts else speech_t0
         t1 = word_dicts[-1]["t1"] if word_dicts else _sec(utt.end)
         data: dict = {"reason": reason}
         if hyp is not None:
