@@ -81,15 +81,42 @@ def build_config(
     return SessionConfig(source=src, out_dir=str(out_dir), asr=asr, formats=fmts, final_lines=final_lines, owner=owner)
 
 
+class EmbeddedBackend:
+    """Sessions run by this process's own supervisor (on the private loop thread)."""
+
+    name = "embedded"
+
+    def prepare(self, source: Any, sid: str, options: dict[str, Any]) -> SessionConfig:
+        return build_config(source, sid=sid, **options)
+
+    async def create(self, prepared: SessionConfig, sid: str):
+        sup = RUNTIME.supervisor
+        assert sup is not None
+        return await sup.create(prepared, sid=sid)
+
+
+EMBEDDED = EmbeddedBackend()
+
+
+def default_backend():
+    """The server this kernel belongs to, if it runs the extension (or `lx.connect`ed), else embedded."""
+    try:
+        from .client import current_backend
+    except ImportError:
+        return EMBEDDED
+    return current_backend() or EMBEDDED
+
+
 class Session:
-    """A captioning session run by this process's supervisor.
+    """A captioning session run by a backend: this process's supervisor or a Jupyter server.
 
     Nothing starts until `with`, `async with`, `start()` or the first blocking call.
     """
 
-    def __init__(self, source: Any, **options: Any) -> None:
+    def __init__(self, source: Any, *, backend: Any = None, **options: Any) -> None:
         self.id = uuid.uuid4().hex[:12]
-        self.config = build_config(source, sid=self.id, **options)
+        self.backend = backend if backend is not None else default_backend()
+        self.config = self.backend.prepare(source, self.id, options)
         self._core = None
         self._acquired = False
         self._closed = False
@@ -102,7 +129,7 @@ class Session:
             RUNTIME.acquire()
             self._acquired = True
             try:
-                self._core = RUNTIME.call(lambda sup: sup.create(self.config, sid=self.id))
+                self._core = wait_future(RUNTIME.submit(self.backend.create(self.config, self.id)))
             except BaseException:
                 self._release()
                 raise
@@ -115,8 +142,7 @@ class Session:
             RUNTIME.acquire()
             self._acquired = True
             try:
-                sup = RUNTIME.supervisor
-                self._core = await asyncio.wrap_future(RUNTIME.submit(sup.create(self.config, sid=self.id)))
+                self._core = await asyncio.wrap_future(RUNTIME.submit(self.backend.create(self.config, self.id)))
             except BaseException:
                 self._acquired = False
                 await RUNTIME.release_async()
@@ -235,6 +261,8 @@ class Session:
 
     @property
     def outputs(self) -> dict[str, Path]:
+        if hasattr(self._core, "outputs"):
+            return self._core.outputs
         out = Path(self.config.out_dir)
         names = {"partial": "partial.txt", "final": "final.txt", "vtt": "captions.vtt", "srt": "captions.srt"}
         wanted = {"partial"} | {{"txt": "final"}.get(f, f) for f in self.config.formats}
