@@ -52,6 +52,7 @@ class Session:
         self.state = "starting"
         self.end: EndReason | None = None
         self.created = time.time()
+        self.ended_at: float | None = None  # monotonic
         self.log: deque[Event] = deque(maxlen=log_capacity)
         self.finals: list[Event] = []
         self.partial: Event | None = None
@@ -244,6 +245,7 @@ class Session:
         if self._done.is_set():
             return
         self.end = end
+        self.ended_at = time.monotonic()
         if end.kind == "crashed":
             self._publish("error", data={"code": "worker-crashed", "detail": end.detail, "exit_code": end.exit_code, "stderr_tail": list(end.stderr_tail)})
         self._set_state("failed" if end.kind == "crashed" else "stopped", end=end.as_dict())

@@ -90,6 +90,10 @@ class Supervisor:
             raise KeyError(sid)
         return session
 
+    def forget(self, sid: str) -> None:
+        """Drop an ended session's record (events, finals) once nobody can ask for it."""
+        self._ended.pop(sid, None)
+
     def list(self, include_ended: bool = False) -> list[Session]:
         sessions = list(self._live.values())
         if include_ended:

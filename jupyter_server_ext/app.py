@@ -1,0 +1,80 @@
+"""The `loquilex` Jupyter server extension: one supervisor on the server's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Float, Int, Unicode, default
+
+from loquilex_nb.supervisor import Supervisor
+
+from .handlers import handlers
+from .hub import Limits
+from .manager import SessionManager
+
+
+class LoquilexApp(ExtensionApp):
+    name = "loquilex"
+    load_other_extensions = True
+
+    max_sessions = Int(8, help="Sessions that may run at once in this server.").tag(config=True)
+    output_root = Unicode(help="Where caption folders go (default: loquilex-captions under the server's root_dir).").tag(config=True)
+    model = Unicode("", help="CTranslate2 Whisper model directory (default: the bundled tiny.en).").tag(config=True)
+    stop_grace = Float(3.0, help="Seconds a worker gets to finish after a polite stop before SIGTERM.").tag(config=True)
+    term_grace = Float(2.0, help="Seconds after SIGTERM before SIGKILL.").tag(config=True)
+    heartbeat_interval = Float(10.0, help="Seconds between server heartbeats on each WebSocket.").tag(config=True)
+    heartbeat_timeout = Float(60.0, help="A WebSocket silent for this long is closed (4009).").tag(config=True)
+    replay_window = Float(60.0, help="Seconds a dropped client can resume without a gap, from the disconnect.").tag(config=True)
+    replay_capacity = Int(10000, help="Events kept per session for late joiners and resume.").tag(config=True)
+    send_queue_limit = Int(1000, help="Messages queued per WebSocket before the client is cut off (4008).").tag(config=True)
+    max_message_bytes = Int(1 << 20, help="Largest client message accepted.").tag(config=True)
+    max_messages_per_second = Float(400.0, help="Client messages per second per WebSocket (token bucket).").tag(config=True)
+    sweep_interval = Float(2.0, help="Seconds between checks for sessions whose kernel died or was culled.").tag(config=True)
+    stop_timeout = Float(20.0, help="Upper bound on stop_extension.").tag(config=True)
+    stop_on_kernel_restart = Bool(True, help="Stop a kernel's sessions when it restarts.").tag(config=True)
+
+    @default("output_root")
+    def _default_output_root(self) -> str:
+        return os.path.join(self.serverapp.root_dir, "loquilex-captions")
+
+    def initialize_settings(self) -> None:
+        limits = Limits(
+            hb_interval=self.heartbeat_interval,
+            hb_timeout=self.heartbeat_timeout,
+            replay_window=self.replay_window,
+            send_queue_limit=self.send_queue_limit,
+            max_message_bytes=self.max_message_bytes,
+            max_messages_per_second=self.max_messages_per_second,
+        )
+        supervisor = Supervisor(
+            max_sessions=self.max_sessions,
+            grace=self.stop_grace,
+            term_grace=self.term_grace,
+            log_capacity=self.replay_capacity,
+        )
+        self.manager = SessionManager(
+            root_dir=self.serverapp.root_dir,
+            output_root=self.output_root,
+            model=self.model or None,
+            supervisor=supervisor,
+            limits=limits,
+            kernel_manager=self.serverapp.kernel_manager,
+            event_logger=self.serverapp.event_logger if self.stop_on_kernel_restart else None,
+            sweep_interval=self.sweep_interval,
+        )
+        self.settings["loquilex_manager"] = self.manager
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(handlers(self.manager))
+
+    async def _start_jupyter_server_extension(self, serverapp) -> None:
+        self.manager.start()
+
+    async def stop_extension(self) -> None:
+        """Stop every session and close every socket, bounded in time; never raises."""
+        try:
+            await asyncio.wait_for(self.manager.shutdown(), self.stop_timeout)
+        except BaseException as exc:  # an exception here can keep the server from exiting
+            self.log.error("loquilex: stop_extension did not finish cleanly: %r", exc)

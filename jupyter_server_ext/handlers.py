@@ -1,0 +1,269 @@
+"""Thin REST and WebSocket handlers; the SessionManager and the Hub do the work."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized, ws_authenticated
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.base.websocket import WebSocketMixin
+from tornado import web
+from tornado.websocket import WebSocketHandler
+
+from loquilex_nb.session import SessionEnded
+from loquilex_nb.supervisor import SessionLimitError
+
+from .hub import CLOSE_POLICY, CLOSE_TOO_BIG, Connection
+from .manager import BadRequest, SessionManager
+
+AUTH_RESOURCE = "loquilex"
+CAPTION_FILES = {
+    "vtt": ("captions.vtt", "text/vtt; charset=utf-8", "vtt"),
+    "srt": ("captions.srt", "application/x-subrip; charset=utf-8", "srt"),
+    "txt": ("final.txt", "text/plain; charset=utf-8", "txt"),
+}
+
+
+class BaseHandler(APIHandler):
+    auth_resource = AUTH_RESOURCE
+
+    def initialize(self, manager: SessionManager) -> None:
+        self.manager = manager
+
+    def fail(self, status: int, code: str, message: str) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": code, "message": message}))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = getattr(exc, "log_message", None) or self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": f"http-{status_code}", "message": message}))
+
+    def session_or_404(self, sid: str):
+        session = self.manager.get(sid)
+        if session is None:
+            raise web.HTTPError(404, f"no session {sid!r}")
+        return session
+
+
+class SessionsHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        sessions = self.manager.supervisor.list(include_ended=True)
+        self.finish({"sessions": [s.info() for s in sessions]})
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            return self.fail(400, "bad-json", "the request body is not valid JSON")
+        try:
+            session = await self.manager.create(body)
+        except BadRequest as exc:
+            return self.fail(400, "bad-request", str(exc))
+        except SessionLimitError as exc:
+            return self.fail(429, "too-many-sessions", str(exc))
+        except RuntimeError as exc:
+            return self.fail(503, "unavailable", str(exc))
+        self.set_status(201)
+        self.finish(session.info())
+
+
+class SessionHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, sid: str) -> None:
+        self.finish(self.session_or_404(sid).info())
+
+    @web.authenticated
+    @authorized
+    async def delete(self, sid: str) -> None:
+        session = self.session_or_404(sid)
+        await session.stop()
+        self.finish(session.info())
+
+
+class FinalizeHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, sid: str) -> None:
+        session = self.session_or_404(sid)
+        try:
+            await session.finalize()
+        except SessionEnded as exc:
+            return self.fail(409, "session-ended", str(exc))
+        self.set_status(204)
+        self.finish()
+
+
+class CaptionsHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, sid: str, fmt: str) -> None:
+        session = self.session_or_404(sid)
+        name, ctype, wanted = CAPTION_FILES[fmt]
+        if wanted not in session.config.formats:
+            raise web.HTTPError(404, f"session {sid!r} does not write {fmt} captions")
+        path = f"{session.config.out_dir}/{name}"
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise web.HTTPError(404, f"no {fmt} captions for session {sid!r}") from None
+        self.set_header("Content-Type", ctype)
+        self.finish(text)
+
+
+class ResourcesHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.finish(self.manager.resources())
+
+
+class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
+    """The session's event stream; origin checks and ping/pong as jupyter_server's own sockets."""
+
+    auth_resource = AUTH_RESOURCE
+
+    def initialize(self, manager: SessionManager) -> None:
+        self.manager = manager
+        self.conn: Connection | None = None
+        self.session = None
+
+    def set_default_headers(self) -> None:
+        """JupyterHandler's headers make no sense for a WebSocket upgrade."""
+
+    @ws_authenticated
+    async def get(self, sid: str) -> None:
+        user = self.current_user
+        if not await _maybe_await(self.authorizer.is_authorized(self, user, "execute", AUTH_RESOURCE)):
+            raise web.HTTPError(403)
+        session = self.manager.get(sid)
+        if session is None:
+            raise web.HTTPError(404, f"no session {sid!r}")  # refused before any state exists
+        self.session = session
+        await super().get(sid)
+
+    async def open(self, sid: str) -> None:  # type: ignore[override]
+        super().open()  # jupyter_server's ping loop
+        self.hello_done = False
+
+    async def on_message(self, message: str | bytes) -> None:
+        limits = self.manager.hub.limits
+        conn = self.conn
+        if conn is None:
+            return await self._hello(message)
+        conn.touch()
+        if len(message) > limits.max_message_bytes:
+            conn.error("too-big", f"message of {len(message)} bytes exceeds {limits.max_message_bytes}")
+            return
+        if not conn.allow_message():
+            conn.error("rate-limit", f"more than {limits.max_messages_per_second:g} messages per second")
+            return
+        if isinstance(message, bytes):
+            return await self._pcm(conn, message)
+        try:
+            msg = json.loads(message)
+            kind = msg["type"]
+        except (ValueError, KeyError, TypeError):
+            conn.error("bad-message", "messages are JSON objects with a 'type'")
+            return
+        if kind == "hb":
+            return
+        if kind == "ack":
+            seq = msg.get("seq")
+            if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq <= self.session.seq:
+                conn.acked = max(conn.acked, seq)
+            else:
+                conn.error("bad-ack", f"ack seq must be a whole number up to {self.session.seq}")
+            return
+        if kind == "finalize":
+            try:
+                await self.session.finalize()
+            except SessionEnded as exc:
+                conn.error("session-ended", str(exc))
+            return
+        if kind == "stop":
+            self.manager.spawn(self.session.stop(), name=f"loquilex-ws-stop-{self.session.id}")
+            return
+        conn.error("unknown-type", f"unknown message type {str(kind)[:40]!r}")
+
+    async def _hello(self, message: str | bytes) -> None:
+        try:
+            if isinstance(message, bytes) or len(message) > self.manager.hub.limits.max_message_bytes:
+                raise ValueError
+            msg = json.loads(message)
+            if msg.get("type") != "hello":
+                raise ValueError
+            last_seq = msg.get("last_seq", 0) or 0
+            token = msg.get("resume_token")
+            if not isinstance(last_seq, int) or isinstance(last_seq, bool) or last_seq < 0:
+                raise ValueError
+            if token is not None and not isinstance(token, str):
+                raise ValueError
+        except (ValueError, AttributeError, TypeError):
+            self.close(CLOSE_POLICY, "the first message must be hello {last_seq?, resume_token?}")
+            return
+        limits = self.manager.hub.limits
+        conn = self.manager.hub.connection(self.session, self.write_message, self.close)
+        self.conn = conn
+        welcome = {
+            "resume_token": conn.token,
+            "hb_interval": limits.hb_interval,
+            "hb_timeout": limits.hb_timeout,
+            "replay_window": limits.replay_window,
+            "limits": {
+                "max_message_bytes": limits.max_message_bytes,
+                "max_messages_per_second": limits.max_messages_per_second,
+                "send_queue_limit": limits.send_queue_limit,
+            },
+            "session": self.session.info(),
+        }
+        from .hub import envelope
+
+        await self.write_message(json.dumps(envelope("welcome", self.session.id, None, welcome)))
+        conn.channel.attach(conn, last_seq, token)
+
+    async def _pcm(self, conn: Connection, data: bytes) -> None:
+        if self.session.config.source.get("kind") != "push":
+            conn.error("not-push", "binary frames (PCM) are only for push sessions")
+            return
+        if len(data) % 2:
+            conn.error("bad-pcm", "PCM frames must be int16 little-endian (even length)")
+            return
+        try:
+            await self.session.feed(data, "s16le")
+        except SessionEnded as exc:
+            conn.error("session-ended", str(exc))
+
+    def on_close(self) -> None:
+        if self.conn is not None:
+            clean = self.conn.closed or self.close_code in (1000, 1001)
+            self.manager.hub.disconnected(self.conn, clean)
+            self.conn = None
+
+
+async def _maybe_await(value):
+    if hasattr(value, "__await__"):
+        return await value
+    return value
+
+
+def handlers(manager: SessionManager) -> list[tuple[str, type, dict]]:
+    kw = {"manager": manager}
+    sid = r"(?P<sid>[A-Za-z0-9_-]{1,64})"
+    return [
+        (r"/loquilex/api/sessions", SessionsHandler, kw),
+        (rf"/loquilex/api/sessions/{sid}", SessionHandler, kw),
+        (rf"/loquilex/api/sessions/{sid}/finalize", FinalizeHandler, kw),
+        (rf"/loquilex/api/sessions/{sid}/captions\.(?P<fmt>vtt|srt|txt)", CaptionsHandler, kw),
+        (rf"/loquilex/api/sessions/{sid}/events", EventsHandler, kw),
+        (r"/loquilex/api/resources", ResourcesHandler, kw),
+    ]

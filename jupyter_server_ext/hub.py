@@ -1,0 +1,275 @@
+"""WebSocket fan-out: per-session channels, per-connection bounded queues and sender tasks.
+
+Ownership: the Hub owns channels; a Channel owns its connections' registrations and the
+resume pins; a Connection owns one WebSocket, its send queue and its one sender task.
+A slow client only ever fills its own queue; when that is full it is closed (4008).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from loquilex_nb.events import Event
+from loquilex_nb.session import Session
+
+log = logging.getLogger("loquilex.server")
+
+CLOSE_ENDED = 1000
+CLOSE_SHUTDOWN = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_SLOW = 4008
+CLOSE_HB_TIMEOUT = 4009
+MAX_ERRORS = 20
+SNAPSHOT_FINALS = 50
+
+
+@dataclass(frozen=True)
+class Limits:
+    hb_interval: float
+    hb_timeout: float
+    replay_window: float
+    send_queue_limit: int
+    max_message_bytes: int
+    max_messages_per_second: float
+
+
+def envelope(type_: str, sid: str, seq: int | None, data: dict[str, Any] | None) -> dict[str, Any]:
+    return {"v": 1, "type": type_, "sid": sid, "seq": seq, "t_wall": time.time(), "t_mono": time.monotonic(), "data": data or {}}
+
+
+def event_envelope(ev: Event) -> dict[str, Any]:
+    body = ev.as_dict()
+    data = {k: body[k] for k in ("segment_id", "text", "t0", "t1", "words", "data") if k in body}
+    return {"v": 1, "type": ev.type, "sid": ev.sid, "seq": ev.seq, "t_wall": ev.t_wall, "t_mono": ev.t_mono, "data": data}
+
+
+def snapshot(session: Session) -> dict[str, Any]:
+    return {
+        "state": session.state,
+        "finals": [event_envelope(e) for e in session.finals[-SNAPSHOT_FINALS:]],
+        "partial": event_envelope(session.partial) if session.partial is not None else None,
+    }
+
+
+class Connection:
+    """One client socket. `send_text` / `close_socket` are the handler's; everything else is ours."""
+
+    def __init__(self, channel: "Channel", send_text: Callable[[str], Any], close_socket: Callable[[int, str], None], limits: Limits) -> None:
+        self.channel = channel
+        self.limits = limits
+        self.token = secrets.token_urlsafe(16)
+        self._send_text = send_text
+        self._close_socket = close_socket
+        self._replay: list[dict[str, Any]] = []
+        self._queue: deque[dict[str, Any]] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.closed = False
+        self.last_recv = time.monotonic()
+        self.last_sent_seq = 0
+        self.acked = 0
+        self.dropped = 0
+        self.errors = 0
+        self._bucket = limits.max_messages_per_second
+        self._bucket_t = time.monotonic()
+
+    # -- inbound bookkeeping --------------------------------------------------------------
+    def touch(self) -> None:
+        self.last_recv = time.monotonic()
+
+    def allow_message(self) -> bool:
+        """Token bucket: at most max_messages_per_second on average, bursts of one second."""
+        now = time.monotonic()
+        rate = self.limits.max_messages_per_second
+        self._bucket = min(rate, self._bucket + (now - self._bucket_t) * rate)
+        self._bucket_t = now
+        if self._bucket < 1.0:
+            return False
+        self._bucket -= 1.0
+        return True
+
+    def error(self, code: str, detail: str) -> None:
+        self.errors += 1
+        self.enqueue(envelope("error", self.channel.sid, None, {"code": code, "detail": detail}))
+        if self.errors >= MAX_ERRORS:
+            self.close(CLOSE_POLICY, "too many bad messages")
+
+    # -- outbound ---------------------------------------------------------------------------
+    def start(self, replay: list[dict[str, Any]]) -> None:
+        self._replay = replay
+        self._task = asyncio.create_task(self._sender(), name=f"loquilex-ws-sender-{self.channel.sid}")
+
+    def enqueue(self, env: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        if env["type"] == "asr.partial":
+            seg = env["data"].get("segment_id")
+            for i, queued in enumerate(self._queue):
+                if queued["type"] == "asr.partial" and queued["data"].get("segment_id") == seg:
+                    # latest partial wins; its seq stays that of the newest one
+                    self._queue[i] = env
+                    self.dropped += 1
+                    self._wake.set()
+                    return
+        if len(self._queue) >= self.limits.send_queue_limit:
+            self.dropped += 1
+            self.close(CLOSE_SLOW, "client too slow")
+            return
+        self._queue.append(env)
+        self._wake.set()
+
+    async def _sender(self) -> None:
+        try:
+            for env in self._replay:
+                await self._write(env)
+            self._replay = []
+            while not self.closed:
+                if not self._queue:
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self.limits.hb_interval)
+                    except asyncio.TimeoutError:
+                        self._heartbeat()
+                    continue
+                env = self._queue.popleft()
+                await self._write(env)
+                if env["type"] == "eos":
+                    self.close(CLOSE_ENDED, "session ended")
+        except Exception as exc:  # the socket went away under us: that is a close, not an error
+            log.debug("sender of %s stopped: %r", self.channel.sid, exc)
+            self.close(CLOSE_SHUTDOWN, "send failed")
+
+    def _heartbeat(self) -> None:
+        if time.monotonic() - self.last_recv > self.limits.hb_timeout:
+            self.close(CLOSE_HB_TIMEOUT, "heartbeat timeout")
+            return
+        self._queue.append(envelope("hb", self.channel.sid, None, {"queue_depth": len(self._queue), "dropped": self.dropped}))
+        self._wake.set()
+
+    async def _write(self, env: dict[str, Any]) -> None:
+        await self._send_text(json.dumps(env, separators=(",", ":")))
+        if env.get("seq"):
+            self.last_sent_seq = max(self.last_sent_seq, env["seq"])
+
+    # -- closing ----------------------------------------------------------------------------
+    def close(self, code: int, reason: str) -> None:
+        """Close the socket; the handler's on_close then calls Channel.detach."""
+        if self.closed:
+            return
+        self.closed = True
+        self._wake.set()
+        try:
+            self._close_socket(code, reason)
+        except Exception:  # already closed by the peer
+            pass
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self._wake.set()
+        if self._task is not None:
+            if not self._task.done():
+                self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+class Channel:
+    """The hub's state for one session: live connections and resume pins."""
+
+    def __init__(self, hub: "Hub", session: Session) -> None:
+        self.hub = hub
+        self.session = session
+        self.sid = session.id
+        self.connections: set[Connection] = set()
+        self.pins: dict[str, tuple[int, float]] = {}  # token -> (seq, expires at)
+        self._unsubscribe = session.subscribe(self._on_event)
+
+    def _on_event(self, ev: Event) -> None:
+        env = event_envelope(ev)
+        for conn in list(self.connections):
+            conn.enqueue(env)
+
+    def attach(self, conn: Connection, last_seq: int, token: str | None) -> None:
+        """Queue what the client missed and register it for live events, with no await between."""
+        session = self.session
+        replay: list[dict[str, Any]] = []
+        pin = self.pins.pop(token, None) if token else None
+        pinned = pin is not None and pin[1] >= time.monotonic()
+        events, gap = session.events_after(last_seq)
+        if last_seq > 0 and not pinned:
+            if session.seq > last_seq:
+                replay.append(envelope("gap", self.sid, None, {"from_seq": last_seq + 1, "to_seq": session.seq, "snapshot": snapshot(session)}))
+            events = []
+        elif gap and events:
+            replay.append(envelope("gap", self.sid, None, {"from_seq": last_seq + 1, "to_seq": events[0].seq - 1, "snapshot": snapshot(session)}))
+        replay.extend(event_envelope(e) for e in events)
+        self.connections.add(conn)
+        conn.start(replay)
+
+    def detach(self, conn: Connection, clean: bool) -> None:
+        self.connections.discard(conn)
+        if not clean:
+            seq = conn.acked or conn.last_sent_seq
+            self.pins[conn.token] = (seq, time.monotonic() + conn.limits.replay_window)
+
+    def expired(self, now: float, replay_window: float) -> bool:
+        self.pins = {t: p for t, p in self.pins.items() if p[1] >= now}
+        ended = self.session.ended_at
+        return (
+            not self.connections
+            and not self.pins
+            and ended is not None
+            and now - ended >= replay_window
+        )
+
+    def release(self) -> None:
+        self._unsubscribe()
+
+
+class Hub:
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.channels: dict[str, Channel] = {}
+        self._closing: set[asyncio.Task] = set()
+
+    def channel(self, session: Session) -> Channel:
+        ch = self.channels.get(session.id)
+        if ch is None:
+            ch = self.channels[session.id] = Channel(self, session)
+        return ch
+
+    def connection(self, session: Session, send_text, close_socket) -> Connection:
+        return Connection(self.channel(session), send_text, close_socket, self.limits)
+
+    def disconnected(self, conn: Connection, clean: bool) -> None:
+        conn.channel.detach(conn, clean)
+        task = asyncio.create_task(conn.aclose(), name="loquilex-ws-close")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def sweep(self, now: float) -> list[str]:
+        """Forget channels of ended sessions nobody can resume any more; returns their ids."""
+        gone = [sid for sid, ch in self.channels.items() if ch.expired(now, self.limits.replay_window)]
+        for sid in gone:
+            self.channels.pop(sid).release()
+        return gone
+
+    async def shutdown(self) -> None:
+        for ch in list(self.channels.values()):
+            for conn in list(ch.connections):
+                conn.close(CLOSE_SHUTDOWN, "server shutting down")
+        for ch in list(self.channels.values()):
+            for conn in list(ch.connections):
+                ch.detach(conn, clean=True)
+                await conn.aclose()
+            ch.release()
+        self.channels.clear()
+        if self._closing:
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
