@@ -5,17 +5,26 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SAMPLE := loquilex_nb/data/sample.wav
 
-.PHONY: install run test bench fixtures clean
+.PHONY: install run run-cli test bench fixtures clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,lab]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# JupyterLab with the loquilex extension on, opening the quickstart notebook.
+# As root (CI, containers) Jupyter needs --allow-root. Override PORT/IP as needed.
+PORT ?= 8888
+IP ?= 127.0.0.1
 run: install
+	$(VENV)/bin/jupyter lab --allow-root --no-browser --ip=$(IP) --port=$(PORT) \
+		--ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks/01-quickstart.ipynb
+
+# The command-line path, without Jupyter: caption the bundled sample.
+run-cli: install
 	$(VENV)/bin/loquilex-nb transcribe $(SAMPLE) --out captions-out/sample
 
 test: install

@@ -150,8 +150,9 @@ class RemoteBackend:
                 rel = p.relative_to(root)
             except ValueError:
                 continue
-            if rel.parts:
-                return rel.as_posix()
+            if not rel.parts:
+                raise ValueError(f"audio source {raw!r} is the server's root_dir, not a file")
+            return rel.as_posix()
         raise ValueError(f"audio file {raw!r} is outside the server's root_dir {str(self.root_dir)!r}")
 
     # -- REST (private loop only) ------------------------------------------------------
@@ -226,7 +227,7 @@ class RemoteSessionCore:
         self.end: EndReason | None = end_from_dict(info["end"]) if info.get("end") else None
         self.finals: list[Event] = []
         self.partial: Event | None = None
-        self.info = info
+        self._info = info
         self._formats = tuple(formats)
         self._log: deque[Event] = deque(maxlen=LOG_CAPACITY)
         self._last_seq = 0  # wire position: hello's last_seq and the duplicate filter
@@ -260,7 +261,9 @@ class RemoteSessionCore:
 
     @property
     def outputs(self) -> dict[str, Path]:
-        out = Path(self.info.get("out_dir") or "")
+        if not self._info.get("out_dir"):
+            return {}
+        out = Path(self._info["out_dir"])
         wanted = {"partial"} | {{"txt": "final"}.get(f, f) for f in self._formats}
         return {k: out / v for k, v in OUTPUT_NAMES.items() if k in wanted}
 
@@ -350,7 +353,9 @@ class RemoteSessionCore:
     def _apply_welcome(self, w: dict[str, Any]) -> None:
         self._token = w.get("resume_token") or self._token
         hb, hb_timeout = w.get("hb_interval"), w.get("hb_timeout")
-        self._hb_interval = min(x for x in (hb, hb_timeout and hb_timeout / 3) if x) if (hb or hb_timeout) else None
+        # our hb must arrive well within the server's hb_timeout, whatever its own cadence
+        candidates = [x for x in (hb, hb_timeout / 3 if hb_timeout else None) if x]
+        self._hb_interval = min(candidates) if candidates else None
         # the server sends hb every hb_interval; three missed ones mean a dead connection
         self._silence = 3 * hb + 5.0 if hb else None
         limits = w.get("limits") or {}
@@ -360,7 +365,7 @@ class RemoteSessionCore:
         info = w.get("session") or {}
         self.pid = info.get("pid", self.pid)
         if info.get("out_dir"):
-            self.info = {**self.info, "out_dir": info["out_dir"]}
+            self._info = {**self._info, "out_dir": info["out_dir"]}
 
     def _events_after(self, seq: int) -> tuple[list[Event], bool]:
         if not self._log or self._log[-1].seq <= seq:
@@ -414,7 +419,7 @@ class RemoteSessionCore:
             if env.get("type") != "welcome":
                 raise ConnectionError(f"expected welcome, got {raw[:200]!r}")
         except BaseException:
-            await _hard_close(conn)
+            _hard_close(conn)
             raise
         self._apply_welcome(_payload(env))
         self._acked = self._last_seq
@@ -443,7 +448,7 @@ class RemoteSessionCore:
             try:
                 raw = await asyncio.wait_for(conn.read_message(), self._silence)
             except asyncio.TimeoutError:
-                await _hard_close(conn)
+                _hard_close(conn)
                 return None, f"no message for {self._silence:.0f} s"
             if raw is None:
                 return conn.close_code, conn.close_reason or ""
@@ -470,7 +475,7 @@ class RemoteSessionCore:
                     break  # refused, not unreachable: retrying cannot help
             else:
                 if self._closing:
-                    await _hard_close(self._conn)
+                    _hard_close(self._conn)
                     return False
                 return True
             await self._wait_until(lambda: self._closing, min(delay, max(0.0, deadline - loop.time())))
@@ -547,7 +552,7 @@ class RemoteSessionCore:
                 # the reader will see the drop and reconnect; wait for that, then resend
                 if self._conn is conn:
                     self._conn = None
-                    await _hard_close(conn)
+                    _hard_close(conn)
                     self._notify()
 
     # -- commands --------------------------------------------------------------------------
@@ -633,7 +638,8 @@ class RemoteSessionCore:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _hard_close(conn: WebSocketClientConnection | None) -> None:
+def _hard_close(conn: WebSocketClientConnection | None) -> None:
+    """Close without waiting for the server's close frame (it may never come)."""
     if conn is None:
         return
     proto = conn.protocol
