@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from server import render_markdown as server_markdown, render_text as server_text  # bench/server.py
+
 MODES = (("batch", "batch transcribe"), ("stream", "streaming, non-realtime"), ("realtime", "streaming, realtime"))
 
 
@@ -108,6 +110,7 @@ def render_text(r: dict) -> str:
         "Session lifecycle\n" + _table_text(LIFECYCLE_HEAD, lifecycle_rows(r)),
         "Decode CPU and WER\n" + _table_text(DECODE_HEAD, decode_rows(r)) + "\n" + _corpus(r),
         "Realtime streaming\n" + _table_text(REALTIME_HEAD, realtime_rows(r)),
+        *([server_text(r["server"])] if r.get("server") else []),
     ])
 
 
@@ -177,6 +180,7 @@ def render_markdown(r: dict) -> str:
         "audio → event emitted); it includes the `vad_silence` wait (0.45 s) plus the final decode. "
         "**+ pipe (client)** adds the pipe delay of that event. **pipe delay**: time the handle yielded an "
         "event (`time.monotonic()`) − the event's worker `t_mono`, over all partials and finals.",
+        *([server_markdown(r["server"])] if r.get("server") else []),
         "## Transcripts",
         _transcripts(r),
     ]

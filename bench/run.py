@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure import REPO, CpuSampler, audio_seconds, machine, reference_for, summary, wer  # noqa: E402
 from report import render_markdown, render_text  # noqa: E402
+from server import bench_server  # noqa: E402
 
 import loquilex_nb as lx  # noqa: E402
 from loquilex_nb.api import build_config  # noqa: E402
@@ -304,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         results["stream"] = bench_streaming(FILES, False, repeats, tmp)
         log("streaming, realtime")
         results["realtime"] = bench_streaming(rt_files, True, 1, tmp)
+        log("server: a real jupyter server subprocess")
+        results["server"] = bench_server(args.quick, tmp, log)
     results["comparison"] = compare(results["batch"], {"stream": results["stream"], "realtime": results["realtime"]})
     results["corpus_wer"] = {
         "batch": corpus_wer(results["batch"]),

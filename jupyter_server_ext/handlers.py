@@ -245,7 +245,8 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
 
     def on_close(self) -> None:
         if self.conn is not None:
-            clean = self.conn.closed or self.close_code in (1000, 1001)
+            # any drop before eos may be resumed, including a laggard we cut off (4008)
+            clean = self.conn.finished or self.manager.hub.closing
             self.manager.hub.disconnected(self.conn, clean)
             self.conn = None
 

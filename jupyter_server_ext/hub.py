@@ -73,6 +73,7 @@ class Connection:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.closed = False
+        self.finished = False  # eos was written: nothing left to resume
         self.last_recv = time.monotonic()
         self.last_sent_seq = 0
         self.acked = 0
@@ -142,6 +143,7 @@ class Connection:
                 env = self._queue.popleft()
                 await self._write(env)
                 if env["type"] == "eos":
+                    self.finished = True
                     self.close(CLOSE_ENDED, "session ended")
         except Exception as exc:  # the socket went away under us: that is a close, not an error
             log.debug("sender of %s stopped: %r", self.channel.sid, exc)
@@ -237,6 +239,7 @@ class Hub:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.channels: dict[str, Channel] = {}
+        self.closing = False
         self._closing: set[asyncio.Task] = set()
 
     def channel(self, session: Session) -> Channel:
@@ -262,6 +265,7 @@ class Hub:
         return gone
 
     async def shutdown(self) -> None:
+        self.closing = True
         for ch in list(self.channels.values()):
             for conn in list(ch.connections):
                 conn.close(CLOSE_SHUTDOWN, "server shutting down")

@@ -133,6 +133,7 @@ class Session:
             except BaseException:
                 self._release()
                 raise
+            self.id = self._core.id  # a server assigns its own id
         return self
 
     async def astart(self) -> "AsyncSession":
@@ -147,6 +148,7 @@ class Session:
                 self._acquired = False
                 await RUNTIME.release_async()
                 raise
+            self.id = self._core.id
         return AsyncSession(self)
 
     async def aclose(self) -> EndReason | None:
@@ -215,7 +217,10 @@ class Session:
         self._run(self._session().finalize())
 
     def stop(self, grace: float | None = None) -> EndReason:
-        """Ask the worker to finish (finalizing what it heard); escalates after the grace."""
+        """Ask the worker to finish (finalizing what it heard); escalates after the grace.
+
+        In server mode the server's own `stop_grace` applies and `grace` is ignored.
+        """
         return self._run(self._session().stop(grace))
 
     def wait(self, timeout: float | None = None) -> EndReason | None:
@@ -263,6 +268,8 @@ class Session:
     def outputs(self) -> dict[str, Path]:
         if hasattr(self._core, "outputs"):
             return self._core.outputs
+        if not isinstance(self.config, SessionConfig):
+            return {}  # server mode: the server names the folder when the session starts
         out = Path(self.config.out_dir)
         names = {"partial": "partial.txt", "final": "final.txt", "vtt": "captions.vtt", "srt": "captions.srt"}
         wanted = {"partial"} | {{"txt": "final"}.get(f, f) for f in self.config.formats}
@@ -320,22 +327,53 @@ def session(source: Any, **options: Any) -> Session:
     return Session(source, **options)
 
 
+def _remote(method: str, path: str) -> Any:
+    """One request to the server backend, made on the private loop (started just for it)."""
+    backend = default_backend()
+    RUNTIME.acquire()
+    try:
+        return wait_future(RUNTIME.submit(backend.request(method, path)))
+    finally:
+        RUNTIME.release()
+
+
+def _server_mode() -> bool:
+    return default_backend() is not EMBEDDED
+
+
 def sessions() -> list[dict[str, Any]]:
+    """Running sessions: this process's, or in server mode the server's."""
+    if _server_mode():
+        return [s for s in _remote("GET", "sessions")["sessions"] if s["state"] in ("starting", "running", "stopping")]
     sup = RUNTIME.supervisor
     return [] if sup is None else [s.info() for s in sup.list()]
 
 
 def stop_all() -> None:
+    """Stop every session of this process (in server mode: those this kernel owns)."""
+    if _server_mode():
+        kernel = getattr(default_backend(), "kernel_id", None)
+        for s in sessions():
+            if kernel is None or s.get("owner") == kernel:
+                _remote("DELETE", f"sessions/{s['id']}")
     if RUNTIME.supervisor is not None:
         RUNTIME.call(lambda sup: sup.stop_all())
 
 
 def resources() -> dict[str, Any]:
-    """Counters of this process (tasks of the private loop) and of each session's worker."""
+    """Counters of this process (tasks of the private loop) and of each session's worker.
+
+    In server mode the server's own counters are included under "server".
+    """
     sup = RUNTIME.supervisor
     proc = process_counters(loop=RUNTIME.loop) if RUNTIME.loop is not None else process_counters()
     workers = []
     for s in sup.list() if sup is not None else []:
         if s.pid is not None:
             workers.append({"sid": s.id, "state": s.state, **worker_figures(s.pid).as_dict()})
-    return {"process": proc.as_dict(), "sessions": workers}
+    out: dict[str, Any] = {"process": proc.as_dict(), "sessions": workers}
+    if _server_mode():
+        remote = _remote("GET", "resources")
+        out["server"] = remote["server"]
+        out["sessions"] = workers + remote["sessions"]
+    return out

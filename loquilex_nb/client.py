@@ -20,7 +20,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import numpy as np
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from . import discovery
@@ -42,7 +42,9 @@ READER_EXIT = 2.0
 LOG_CAPACITY = 10000
 ACK_EVERY = 32
 ACK_PERIOD = 0.5
-MAX_INCOMING = 64 * 1024 * 1024  # a gap snapshot carries every final of a long session
+MAX_INCOMING = 64 * 1024 * 1024  # a gap snapshot carries many finals, each with its words
+# close codes after which resuming cannot help (docs/PROTOCOL.md, "Close codes")
+FINAL_CLOSE = {1000: "session ended", 1008: "policy violation", 1009: "message too big", 4004: "unknown session"}
 FIELDS = ("segment_id", "text", "t0", "t1", "words")
 OUTPUT_NAMES = {"partial": "partial.txt", "final": "final.txt", "vtt": "captions.vtt", "srt": "captions.srt"}
 
@@ -106,7 +108,7 @@ class RemoteBackend:
         realtime = opts.pop("realtime", True)
         if not isinstance(realtime, bool):
             raise ValueError(f"realtime must be True or False, got {realtime!r}")
-        for key in ("output_root", "model"):
+        for key in ("output_root", "model", "owner"):
             if key in opts:
                 raise ValueError(f"{key!r} cannot be set in server mode: the server decides it")
         body: dict[str, Any] = {"source": self._describe(source, realtime)}
@@ -179,6 +181,8 @@ class RemoteBackend:
         client = AsyncHTTPClient(force_instance=True)
         try:
             resp = await client.fetch(req, raise_error=False)
+        except (OSError, HTTPClientError) as exc:  # refused, reset, TLS, timeout (599)
+            raise ConnectionError(f"cannot reach the loquilex server at {self.url}: {exc}") from exc
         finally:
             client.close()
         if resp.code == 599:
@@ -207,10 +211,10 @@ class RemoteBackend:
             await core.open()
         except BaseException as exc:
             # the server already runs it: without a socket it must still be stopped
-            core.lose(f"event socket failed: {exc!r}")
+            core._lose(f"event socket failed: {exc!r}")
             await asyncio.shield(asyncio.ensure_future(core.close()))
-            if isinstance(exc, Exception) and not isinstance(exc, (ConnectionError, PermissionError)):
-                raise ConnectionError(f"session {core.id} started on {self.url} but its event socket failed: {exc}") from exc
+            if isinstance(exc, Exception):
+                raise ConnectionError(f"session {core.id} started on {self.url} but its event socket failed ({exc}); it was stopped") from exc
             raise
         return core
 
@@ -239,6 +243,7 @@ class RemoteSessionCore:
         self._max_bytes = 1 << 20
         self._gap_s = 0.0
         self._next_send = 0.0
+        self._opened_at = 0.0
         self._conn: WebSocketClientConnection | None = None
         self._done = asyncio.Event()
         self._changed = asyncio.Event()
@@ -295,7 +300,7 @@ class RemoteSessionCore:
         self._done.set()
         self._notify()
 
-    def lose(self, reason: str) -> None:
+    def _lose(self, reason: str) -> None:
         self._finish(EndReason("disconnected", None, f"lost the connection to {self.backend.url}: {reason}; the session may still run there"), lost=True)
 
     # -- events ------------------------------------------------------------------------
@@ -423,6 +428,7 @@ class RemoteSessionCore:
             raise
         self._apply_welcome(_payload(env))
         self._acked = self._last_seq
+        self._opened_at = asyncio.get_running_loop().time()
         self._conn = conn
         self._notify()
 
@@ -430,15 +436,19 @@ class RemoteSessionCore:
         while True:
             conn = self._conn
             code, reason = (None, "no connection") if conn is None else await self._pump(conn)
+            _hard_close(conn)  # the server may have closed it; this releases tornado's side too
             if self._conn is conn:
                 self._conn = None
                 self._notify()
             if self._closing or self._done.is_set():
                 return
-            if code in (1000, 4004):  # ended, or forgotten: no resume can bring it back
-                await self._give_up(f"socket closed {code} {reason}")
+            if code in FINAL_CLOSE:
+                await self._give_up(f"socket closed {code} ({FINAL_CLOSE[code]}) {reason}".rstrip())
                 return
             log.info("session %s: socket dropped (%s %s), reconnecting", self.id, code, reason)
+            if asyncio.get_running_loop().time() - self._opened_at < 1.0:
+                # dropped right after a welcome: do not hammer the server in a tight loop
+                await self._wait_until(lambda: self._closing, 1.0)
             if not await self._reconnect(f"{code} {reason}"):
                 return
 
@@ -493,7 +503,7 @@ class RemoteSessionCore:
         if isinstance(info, dict) and info.get("end"):
             self._finish(end_from_dict(info["end"]))
         else:
-            self.lose(reason)
+            self._lose(reason)
 
     async def _hb_loop(self) -> None:
         while not self._closing:
@@ -592,6 +602,8 @@ class RemoteSessionCore:
                     return
             except (SessionEnded, ConnectionError):
                 pass
+            if self._done.is_set() and not self._lost:
+                return
         # no socket (or no eos in time): the REST route runs the same ladder and reports the end
         try:
             info = await self.backend.request("DELETE", f"sessions/{self.id}")
@@ -604,7 +616,7 @@ class RemoteSessionCore:
             if not self._done.is_set() or self._lost:
                 self._finish(end_from_dict(info["end"]), override=True)
         if not self._done.is_set():
-            self.lose("the server did not confirm the stop")
+            self._lose("the server did not confirm the stop")
 
     async def close(self) -> None:
         """Stop if running, close the socket, end every task; idempotent, bounded, never raises."""

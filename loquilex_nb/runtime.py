@@ -106,6 +106,13 @@ class Runtime:
                 ready.set()
                 loop.run_forever()
             finally:
+                # like asyncio.run: a task left running (e.g. a close interrupted by a second
+                # Ctrl-C) is cancelled and awaited, never destroyed while pending
+                leftover = asyncio.all_tasks(loop)
+                for task in leftover:
+                    task.cancel()
+                if leftover:
+                    loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.run_until_complete(loop.shutdown_default_executor())
                 loop.close()

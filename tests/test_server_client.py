@@ -1,0 +1,73 @@
+"""The notebook API in server mode against a real server: same handle, transparent resume."""
+
+import asyncio
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import loquilex_nb as lx
+from loquilex_nb.client import connect
+
+from conftest import FIXTURES, pcm16, wer
+
+
+@pytest.fixture
+def jp_server_config():
+    return {"ServerApp": {"jpserver_extensions": {"jupyter_server_ext": True}}, "LoquilexApp": {"sweep_interval": 0.5}}
+
+
+@pytest.fixture
+def server(jp_serverapp, jp_fetch, jp_root_dir):
+    backend = connect(jp_serverapp.connection_url.replace("localhost", "127.0.0.1"), jp_serverapp.identity_provider.token, root_dir=jp_root_dir, check=False)
+    yield backend
+    connect(None)
+
+
+async def test_push_session_through_the_server_with_a_dropped_socket(server, jp_serverapp):
+    manager = jp_serverapp.web_app.settings["loquilex_manager"]
+    samples = pcm16(FIXTURES / "speech.wav")
+    async with lx.session(lx.PushSource()) as s:
+        assert s.backend is server
+        chunks = np.array_split(samples, 40)
+        for i, chunk in enumerate(chunks):
+            await s.feed(chunk)
+            if i in (15, 30):
+                await asyncio.sleep(0.5)
+                # the server cuts this client off; the handle must resume without loss
+                for conn in list(manager.hub.channels[s.id].connections):
+                    conn.close(4008, "client too slow")
+        await s.stop()
+        events = [ev async for ev in s]
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(set(seqs)), "no event duplicated or reordered across the drops"
+    server_log = manager.supervisor.get(s.id).log
+    # only a partial superseded by a newer one of its segment may be coalesced away
+    must_have = {e.seq for e in server_log if e.type != "asr.partial"}
+    assert must_have <= set(seqs), f"lost: {sorted(must_have - set(seqs))}"
+    assert [e.text for e in events if e.type == "asr.final"] == [e.text for e in server_log if e.type == "asr.final"]
+    assert events[-1].type == "eos" and s.end.kind == "clean"
+    assert wer((FIXTURES / "speech.txt").read_text(), s.text) <= 0.2
+    info = manager.supervisor.get(s.id).info()
+    assert info["end"]["kind"] == "clean"
+
+
+async def test_file_session_in_server_mode_writes_on_the_server(server, jp_root_dir):
+    shutil.copy(FIXTURES / "short.wav", jp_root_dir / "short.wav")
+    async with lx.session(str(jp_root_dir / "short.wav"), realtime=False, out="mine") as s:
+        types = [ev.type async for ev in s]
+    assert "asr.final" in types and types[-1] == "eos"
+    vtt = s.outputs["vtt"]
+    assert vtt.parent.name == "mine" and vtt.read_text().startswith("WEBVTT")
+
+
+async def test_server_validation_errors_surface_as_value_errors(server, jp_root_dir, tmp_path):
+    outside = tmp_path / "outside.wav"
+    shutil.copy(FIXTURES / "short.wav", outside)
+    with pytest.raises(ValueError, match="outside"):
+        lx.session(str(outside))
+    s = lx.session(lx.PushSource(), beam_sise=3)
+    with pytest.raises(ValueError, match="beam_sise"):
+        await s.astart()
+    await s.aclose()
