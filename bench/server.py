@@ -45,6 +45,7 @@ from measure import REPO, summary  # noqa: E402
 SPEECH = REPO / "tests" / "fixtures" / "speech.wav"
 SAMPLE = REPO / "loquilex_nb" / "data" / "sample.wav"
 FANOUT_CLIENTS = (1, 4, 16)
+EOS_MARK = '"type":"eos"'
 FANOUT_REPEATS = 3  # speech.wav + sample.wav, this many times, in one file (full mode)
 CHUNK_S = 0.1
 SILENCE_TAIL_S = 1.0
@@ -54,6 +55,11 @@ SESSION_TIMEOUT = 180.0
 SETTLE_S = 1.0
 BASELINE_TIMEOUT = 20.0
 COUNTERS = ("fds", "sockets", "tasks", "threads", "children", "rss")
+
+
+def cpu_s(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
 
 
 def _log_default(msg: str) -> None:
@@ -234,7 +240,11 @@ def _alive(p: psutil.Process) -> bool:
 
 # -- 1. fan-out ---------------------------------------------------------------------------
 async def read_all(connect: Callable, hello: dict) -> dict:
-    """One client: connect, hello, read (and parse) every frame until eos."""
+    """One client: connect, hello, read every frame until eos.
+
+    Frames are not parsed: a Python client in one thread tops out near the servers' rates,
+    and `eos` is recognised by its compact `"type":"eos"` (both servers send the same bytes).
+    """
     t0 = time.monotonic()
     ws = await connect()
     t_conn = time.monotonic()
@@ -249,7 +259,7 @@ async def read_all(connect: Callable, hello: dict) -> dict:
             if t_first is None:
                 t_first = time.monotonic()
             n += 1
-            if json.loads(msg)["type"] == "eos":
+            if EOS_MARK in msg:
                 break
     finally:
         ws.close(1000)
@@ -417,6 +427,7 @@ async def bench_fanout(srv: JupyterServer, tmp: Path, quick: bool, log: Callable
     bare_t.start()
     bare_p = BareProcess(frames, tmp)
     await bare_p.start()
+    pids = {"ours": srv.proc.pid, "bare_thread": None, "bare_process": bare_p.proc.pid}
     variants = {
         "ours": lambda i: (lambda: srv.ws(sids[i])),
         "bare_thread": lambda i: (lambda: websocket_connect(f"ws://127.0.0.1:{bare_t.port}/bare/{i}", max_message_size=64 << 20)),
@@ -425,11 +436,14 @@ async def bench_fanout(srv: JupyterServer, tmp: Path, quick: bool, log: Callable
     out: dict = {}
     try:
         for n in FANOUT_CLIENTS:
+            reps = max(1, max(FANOUT_CLIENTS) // n)  # same frames per round for every N (CPU clock ticks are 10 ms)
             per: dict[str, list[dict]] = {k: [] for k in variants}
             for _ in range(rounds):
                 for key, make in variants.items():
                     frames_n, wall, firsts = 0, 0.0, []
-                    for i in range(len(sids)):
+                    pid = pids[key]
+                    cpu0 = cpu_s(pid) if pid else None
+                    for i in [i for i in range(len(sids)) for _ in range(reps)]:
                         r = await fan_round(make(i), n)
                         expected = n * len(frames[i])
                         if r["frames"] != expected:
@@ -437,18 +451,29 @@ async def bench_fanout(srv: JupyterServer, tmp: Path, quick: bool, log: Callable
                         frames_n += r["frames"]
                         wall += r["wall"]
                         firsts += r["first_s"]
-                    per[key].append({"frames": frames_n, "wall_s": wall, "events_per_s": frames_n / wall, "first_frame_s": summary(firsts)["p50"]})
-            row = {}
+                    cpu = (cpu_s(pid) - cpu0) if pid else None
+                    per[key].append({
+                        "frames": frames_n, "wall_s": wall, "events_per_s": frames_n / wall,
+                        "first_frame_s": summary(firsts)["p50"],
+                        "server_cpu_us_per_frame": None if cpu is None else cpu / frames_n * 1e6,
+                    })
+            med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+            row = {"fanouts_per_round": reps}
             for key, runs in per.items():
-                rates = sorted(x["events_per_s"] for x in runs)
+                cpus = [x["server_cpu_us_per_frame"] for x in runs if x["server_cpu_us_per_frame"] is not None]
                 row[key] = {
-                    "events_per_s": rates[len(rates) // 2],
-                    "samples": [round(x, 1) for x in rates],
+                    "events_per_s": med([x["events_per_s"] for x in runs]),
+                    "samples": [round(x["events_per_s"], 1) for x in runs],
                     "frames_per_round": runs[0]["frames"],
-                    "connect_to_first_frame_p50_s": sorted(x["first_frame_s"] for x in runs)[len(runs) // 2],
+                    "connect_to_first_frame_p50_s": med([x["first_frame_s"] for x in runs]),
+                    "server_cpu_us_per_frame": med(cpus) if cpus else None,
+                    "server_cpu_samples": [round(x, 2) for x in cpus],
                 }
-            row["ratio_vs_bare_thread"] = row["ours"]["events_per_s"] / row["bare_thread"]["events_per_s"]
-            row["ratio_vs_bare_process"] = row["ours"]["events_per_s"] / row["bare_process"]["events_per_s"]
+            # paired per round (same moment, same machine load), then the median
+            for ref in ("bare_thread", "bare_process"):
+                row[f"ratio_vs_{ref}"] = med([a["events_per_s"] / b["events_per_s"] for a, b in zip(per["ours"], per[ref])])
+                row[f"ratio_vs_{ref}_samples"] = [round(a["events_per_s"] / b["events_per_s"], 3) for a, b in zip(per["ours"], per[ref])]
+            row["cpu_ratio_vs_bare_process"] = med([a["server_cpu_us_per_frame"] / b["server_cpu_us_per_frame"] for a, b in zip(per["ours"], per["bare_process"])])
             out[str(n)] = row
             log(f"  fan-out {n:>2} clients: ours {row['ours']['events_per_s']:.0f}/s, bare thread {row['bare_thread']['events_per_s']:.0f}/s, bare process {row['bare_process']['events_per_s']:.0f}/s")
     finally:
@@ -791,7 +816,7 @@ def _residual(r: dict) -> str:
     return ", ".join(parts) or "none"
 
 
-FANOUT_HEAD = ["clients", "ours events/s", "bare (thread) events/s", "ours ÷ bare", "bare (process) events/s", "ours ÷ bare (process)", "connect → first frame p50"]
+FANOUT_HEAD = ["clients", "ours events/s", "bare (thread) events/s", "ours ÷ bare", "bare (process) events/s", "ours ÷ bare (process)", "server CPU/frame ours / bare (process)", "CPU ÷ bare", "connect → first frame p50, ours / bare (thread)"]
 LATENCY_HEAD = ["measure", "n", "p50", "p90", "min … max"]
 OVERHEAD_HEAD = ["sessions", "fds / session", "sockets / session", "tasks / session", "threads / session", "server RSS / session", "all running after", "DELETE all", "back to baseline"]
 CYCLES_HEAD = ["cycles", "wall", "cycles/s", "POST p50 / p90", "DELETE p50 / p90", "end", "fds", "threads", "tasks", "children", "server RSS", "back to baseline"]
@@ -803,6 +828,7 @@ def fanout_rows(s: dict) -> list[list[str]]:
         rows.append([
             n, f"{r['ours']['events_per_s']:.0f}", f"{r['bare_thread']['events_per_s']:.0f}", f"{r['ratio_vs_bare_thread']:.2f}×",
             f"{r['bare_process']['events_per_s']:.0f}", f"{r['ratio_vs_bare_process']:.2f}×",
+            f"{r['ours']['server_cpu_us_per_frame']:.0f} / {r['bare_process']['server_cpu_us_per_frame']:.0f} µs", f"{r['cpu_ratio_vs_bare_process']:.2f}×",
             f"{r['ours']['connect_to_first_frame_p50_s'] * 1000:.1f} / {r['bare_thread']['connect_to_first_frame_p50_s'] * 1000:.1f} ms",
         ])
     return rows
@@ -901,8 +927,12 @@ def render_markdown(s: dict) -> str:
             "`partial_interval` 0.1 so the batch schedule replays many partials; server started with `replay_capacity=100000`, "
             f"`replay_window=600`): {sum(f['frames_per_session'])} frames per client ({f['frame_types'].get('asr.partial', 0) // max(1, f['sessions'])} partials), "
             f"{f['frame_bytes']['p50']:.0f} bytes median. For each N, N clients connect at once with `hello {{last_seq: 0}}` and "
-            "read (and `json.loads`) every frame up to `eos`; events/s = frames received by all clients (welcome included) ÷ "
-            f"wall time from the first connect to the last `eos`; median of {f['rounds']} rounds. Last column: ours / bare (thread).",
+            "read every frame up to `eos` (not parsed: the clients share one Python thread and would otherwise be the bottleneck); "
+            "events/s = frames received by all clients (welcome included) ÷ wall time from the first connect to the last `eos`; "
+            "each round repeats the N-client fan-out 16/N times so every round moves the same frames; "
+            f"median of {f['rounds']} rounds, ratios are the median of per-round pairs (ours and the reference run back to back). "
+            "**server CPU/frame**: user+system CPU of the serving process (the jupyter server; the bare child) over the round ÷ frames "
+            "— less sensitive to other load on the machine than events/s.",
             "- **bare**: a Tornado `WebSocketHandler` writing the very frames our server sent (captured), pre-serialised, with "
             "`await self.write_message(...)` after the client's hello; **thread** = in the bench process on its own thread and "
             "event loop (shares the GIL with the clients), **process** = the same app in a child process (like the jupyter "

@@ -69,7 +69,7 @@ class Connection:
         self._send_text = send_text
         self._close_socket = close_socket
         self._replay: list[dict[str, Any]] = []
-        self._queue: deque[dict[str, Any]] = deque()
+        self._queue: deque[tuple[dict[str, Any], str | None]] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.closed = False
@@ -108,15 +108,15 @@ class Connection:
         self._replay = replay
         self._task = asyncio.create_task(self._sender(), name=f"loquilex-ws-sender-{self.channel.sid}")
 
-    def enqueue(self, env: dict[str, Any]) -> None:
+    def enqueue(self, env: dict[str, Any], text: str | None = None) -> None:
         if self.closed:
             return
         if env["type"] == "asr.partial":
             seg = env["data"].get("segment_id")
-            for i, queued in enumerate(self._queue):
+            for i, (queued, _) in enumerate(self._queue):
                 if queued["type"] == "asr.partial" and queued["data"].get("segment_id") == seg:
                     # latest partial wins; its seq stays that of the newest one
-                    self._queue[i] = env
+                    self._queue[i] = (env, text)
                     self.dropped += 1
                     self._wake.set()
                     return
@@ -124,14 +124,16 @@ class Connection:
             self.dropped += 1
             self.close(CLOSE_SLOW, "client too slow")
             return
-        self._queue.append(env)
+        self._queue.append((env, text))
         self._wake.set()
 
     async def _sender(self) -> None:
         try:
-            for env in self._replay:
+            replay, self._replay = self._replay, []
+            for env in replay:
                 await self._write(env)
-            self._replay = []
+                if env["type"] == "eos":
+                    return self._finish()
             while not self.closed:
                 if not self._queue:
                     self._wake.clear()
@@ -140,24 +142,27 @@ class Connection:
                     except asyncio.TimeoutError:
                         self._heartbeat()
                     continue
-                env = self._queue.popleft()
-                await self._write(env)
+                env, text = self._queue.popleft()
+                await self._write(env, text)
                 if env["type"] == "eos":
-                    self.finished = True
-                    self.close(CLOSE_ENDED, "session ended")
+                    return self._finish()
         except Exception as exc:  # the socket went away under us: that is a close, not an error
             log.debug("sender of %s stopped: %r", self.channel.sid, exc)
             self.close(CLOSE_SHUTDOWN, "send failed")
+
+    def _finish(self) -> None:
+        self.finished = True
+        self.close(CLOSE_ENDED, "session ended")
 
     def _heartbeat(self) -> None:
         if time.monotonic() - self.last_recv > self.limits.hb_timeout:
             self.close(CLOSE_HB_TIMEOUT, "heartbeat timeout")
             return
-        self._queue.append(envelope("hb", self.channel.sid, None, {"queue_depth": len(self._queue), "dropped": self.dropped}))
+        self._queue.append((envelope("hb", self.channel.sid, None, {"queue_depth": len(self._queue), "dropped": self.dropped}), None))
         self._wake.set()
 
-    async def _write(self, env: dict[str, Any]) -> None:
-        await self._send_text(json.dumps(env, separators=(",", ":")))
+    async def _write(self, env: dict[str, Any], text: str | None = None) -> None:
+        await self._send_text(text if text is not None else json.dumps(env, separators=(",", ":")))
         if env.get("seq"):
             self.last_sent_seq = max(self.last_sent_seq, env["seq"])
 
@@ -195,8 +200,9 @@ class Channel:
 
     def _on_event(self, ev: Event) -> None:
         env = event_envelope(ev)
+        text = json.dumps(env, separators=(",", ":"))  # once per event, not per client
         for conn in list(self.connections):
-            conn.enqueue(env)
+            conn.enqueue(env, text)
 
     def attach(self, conn: Connection, last_seq: int, token: str | None) -> None:
         """Queue what the client missed and register it for live events, with no await between."""

@@ -25,6 +25,7 @@ from .vad import EnergyVad
 
 PAD = int(1.0 * SAMPLE_RATE)  # audio around an utterance: edges are not cut, and Whisper gets a lead-in
 FORCED_TAIL = 1.0  # seconds left undecided at a forced split (a word may be cut there)
+END_SLACK = 0.1  # seconds a word may end after the detector's last voiced frame
 
 Emit = Callable[..., None]
 
@@ -207,11 +208,12 @@ class StreamingRecognizer:
         self.context = (self.context + " " + text).strip()[-1000:]
         word_dicts = [w.as_dict(offset) for w in words]
         # raw alignment puts the first word's start at the start of the decoded audio (the
-        # lead-in); the detector knows better when speech began
-        speech_t0 = _sec(utt.start)
+        # lead-in), and its last word's end into the trailing pad: the detector bounds both
+        speech_t0, speech_t1 = _sec(utt.start), _sec(utt.end) + END_SLACK
         for w in word_dicts:
+            w["t1"] = max(min(w["t1"], speech_t1), speech_t0)
             w["t0"] = min(max(w["t0"], speech_t0), w["t1"])
-        t0 = max(word_dicts[0]["t0"], speech_t0) if word_dicts else speech_t0
+        t0 = word_dicts[0]["t0"] if word_dicts else speech_t0
         t1 = word_dicts[-1]["t1"] if word_dicts else _sec(utt.end)
         data: dict = {"reason": reason}
         if hyp is not None:

@@ -236,6 +236,10 @@ def main() -> int:
         asr_cfg = AsrConfig(**cfg["asr"])
         writer = CaptionWriter(cfg["out_dir"], formats=cfg["formats"], final_lines=cfg["final_lines"])
         t0 = time.monotonic()
+        if quick.is_set() or (reader.stop_requested.is_set() and not _audio_queued(items)):
+            # stopped before it started: no model to load, nothing to finalize
+            emit("status", data={"state": "finished", "reason": "stopped-before-start"})
+            return 0
         decoder = WhisperDecoder(asr_cfg)
         source = cfg["source"]
         live = source["kind"] != "file" or bool(source.get("realtime"))
@@ -283,6 +287,11 @@ def main() -> int:
         if writer is not None:
             writer.close()
     return code
+
+
+def _audio_queued(items: queue.Queue) -> bool:
+    with items.mutex:
+        return any(op == "pcm" for op, _ in items.queue)
 
 
 def run_loop(rec, items, quick, stop_requested, stop_source, emit, kind: str) -> Exit:

@@ -16,10 +16,8 @@ import shutil
 import socket
 import struct
 import time
-import urllib.parse
 
 import pytest
-import tornado.httpclient
 import tornado.websocket
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.web import RequestHandler
@@ -231,7 +229,7 @@ def http_methods(cls):
     return [m.upper() for m in ("get", "post", "put", "patch", "delete") if getattr(cls, m) is not getattr(RequestHandler, m)]
 
 
-async def test_every_route_refuses_a_caller_without_token(jp_serverapp, jp_http_port, jp_fetch, manager):
+async def test_every_route_refuses_a_caller_without_token(jp_serverapp, jp_http_port, jp_fetch, jp_ws_fetch, manager):
     info = await post_session(jp_fetch, {"source": {"kind": "push"}})
     sid = info["id"]
     rules = loquilex_rules(jp_serverapp.web_app)
@@ -253,7 +251,7 @@ async def test_every_route_refuses_a_caller_without_token(jp_serverapp, jp_http_
             methods = http_methods(cls)
             assert methods, cls
             for method in methods:
-                for headers in ({}, {"Authorization": "token wrong"}):
+                for headers in ({}, {"Authorization": ""}, {"Authorization": "token wrong"}):
                     body = json.dumps({"source": {"kind": "push"}}) if method in ("POST", "PUT", "PATCH") else None
                     r = await client.fetch(url, method=method, headers=headers, body=body, raise_error=False, follow_redirects=False)
                     assert r.code in (401, 403), (method, path, headers, r.code, r.body[:200])
@@ -268,7 +266,10 @@ async def test_every_route_refuses_a_caller_without_token(jp_serverapp, jp_http_
     # and the same requests with the token work (positive control for a GET and the socket)
     r = await jp_fetch("loquilex", "api", "sessions", sid)
     assert json.loads(r.body)["id"] == sid
+    c = await Client.connect(jp_ws_fetch, sid)
     await jp_fetch("loquilex", "api", "sessions", sid, method="DELETE")
+    await c.until_eos()
+    assert await c.closed() == (1000, "session ended")
 
 
 async def test_websocket_origin_is_checked(jp_serverapp, jp_http_port, jp_base_url, jp_fetch):
@@ -374,9 +375,10 @@ async def test_resume_past_window_gets_gap_with_snapshot(jp_serverapp, jp_fetch,
     await a.until(lambda e: e["type"] == "asr.final")
     a.drop()
     last_seq = a.last_seq
+    await wait_for(lambda: all(c.token != token for c in manager.hub.channels[sid].connections), 5, "the server to see the drop")
     await feed(feeder, SPEECH[third : 2 * third])
     await wait_for(lambda: len(session.finals) >= 3 and session.seq > last_seq + 1, 30, "events while disconnected")
-    await asyncio.sleep(1.0 + 0.5)  # past the replay window (and a sweep or two)
+    await asyncio.sleep(1.0 + 0.3)  # past the replay window, measured from the server's detach
     b = await Client.connect(jp_ws_fetch, sid, last_seq=last_seq, resume_token=token)
     gap = await b.recv()
     assert gap["type"] == "gap" and gap["seq"] is None, gap
@@ -400,6 +402,64 @@ async def test_resume_past_window_gets_gap_with_snapshot(jp_serverapp, jp_fetch,
     assert await b.closed() == (1000, "session ended")
     await feeder.until_eos()
     feeder.close()
+
+
+@server_config(replay_capacity=5)
+async def test_late_joiner_past_the_log_capacity_gets_a_gap_then_the_log(jp_serverapp, jp_fetch, jp_ws_fetch):
+    sid = (await post_session(jp_fetch, {"source": {"kind": "push"}}))["id"]
+    feeder = await Client.connect(jp_ws_fetch, sid)
+    await feed(feeder, SPEECH[: len(SPEECH) // 3])
+    await feeder.until(lambda e: e["type"] == "asr.final")
+    await feeder.send({"type": "stop"})
+    eos = await feeder.until_eos()
+    assert eos["seq"] > 5 + 3
+    late = await Client.connect(jp_ws_fetch, sid)  # last_seq 0, after the end
+    assert late.welcome["data"]["session"]["end"] is not None
+    gap = await late.recv()
+    assert gap["type"] == "gap" and gap["data"]["from_seq"] == 1 and gap["data"]["to_seq"] == eos["seq"] - 5
+    assert gap["data"]["snapshot"]["state"] == "stopped"
+    finals = [e for e in feeder.envs if e["type"] == "asr.final"]
+    assert [f["seq"] for f in gap["data"]["snapshot"]["finals"]] == [f["seq"] for f in finals]
+    await late.until_eos()
+    assert [e["seq"] for e in late.envs[1:]] == list(range(eos["seq"] - 4, eos["seq"] + 1))
+    assert late.envs[1:] == feeder.envs[-5:]  # the very same envelopes
+    assert await late.closed() == (1000, "session ended")
+    assert await feeder.closed() == (1000, "session ended")
+
+
+# -- heartbeats -------------------------------------------------------------------------------
+
+
+@server_config(heartbeat_interval=0.2, heartbeat_timeout=1.0)
+async def test_heartbeats_and_the_silent_client_timeout(jp_serverapp, jp_fetch, jp_ws_fetch):
+    sid = (await post_session(jp_fetch, {"source": {"kind": "push"}}))["id"]
+    silent = await Client.connect(jp_ws_fetch, sid)
+    chatty = await Client.connect(jp_ws_fetch, sid)
+    assert silent.welcome["data"]["hb_interval"] == 0.2 and silent.welcome["data"]["hb_timeout"] == 1.0
+
+    async def keep_talking():
+        while True:
+            await chatty.send({"type": "hb"})
+            await asyncio.sleep(0.25)
+
+    talking = asyncio.create_task(keep_talking())
+    try:
+        started = time.monotonic()
+        code = await silent.closed(timeout=10)
+        took = time.monotonic() - started
+        assert code == (4009, "heartbeat timeout")
+        assert 0.9 <= took <= 5.0, took
+        hbs = [e for e in silent.envs if e["type"] == "hb"]
+        assert len(hbs) >= 3 and all(e["seq"] is None and set(e["data"]) == {"queue_depth", "dropped"} for e in hbs)
+        await asyncio.sleep(1.0)  # the talking client outlives the timeout
+        assert chatty.ws.close_code is None
+        await chatty.until(lambda e: e["type"] == "hb")
+    finally:
+        talking.cancel()
+        await asyncio.gather(talking, return_exceptions=True)
+    await chatty.send({"type": "stop"})
+    await chatty.until_eos()
+    assert await chatty.closed() == (1000, "session ended")
 
 
 # -- flow control -----------------------------------------------------------------------------
@@ -501,39 +561,45 @@ async def test_slow_client_is_cut_off_while_a_fast_one_gets_everything(jp_server
         handler.ws_connection.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         # from here on the slow client reads nothing until the server has given up on it
 
-        passes = []
-
         async def feed_and_stop():
             for _ in range(4):  # about 6 kB of events per pass; a pass or two fills the path
-                passes.append(1)
                 await feed(fast, SPEECH)
+                deadline = time.monotonic() + 1.5
+                while not conn.closed and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
                 if conn.closed:
                     break
-                await asyncio.sleep(1.0)
+            await feed(fast, SPEECH[: len(SPEECH) // 4])  # more events after the cut
             await fast.send({"type": "stop"})
 
         reading = asyncio.create_task(fast.until_eos(timeout=90))
         feeding = asyncio.create_task(feed_and_stop())
-        await wait_for(lambda: conn.closed, 60, "the slow client to be cut off")
-        # now read what the server had managed to send, and its close frame
-        frames = []
-        while True:
-            f = await slow.frame()
-            assert f is not None, "connection ended without a close frame"
-            frames.append(f)
-            if f[0] == 0x8:
-                break
-        code, reason = struct.unpack("!H", f[1][:2])[0], f[1][2:].decode()
-        assert (code, reason) == (4008, "client too slow")
-        await slow.send_text(f[1][:2], opcode=0x8)  # complete the closing handshake
-        texts = [json.loads(p) for op, p in frames if op == 0x1]
-        got = [e["seq"] for e in texts if e["seq"] is not None]
-        assert got == sorted(got) and len(set(got)) == len(got)
-        print("slow client got", len(texts), "messages before 4008; passes", len(passes))
-        await feeding
-        eos = await reading
+        try:
+            await wait_for(lambda: conn.closed, 60, "the slow client to be cut off")
+            cut_at = manager.supervisor.get(sid).seq
+            # now read what the server had managed to send, and its close frame
+            frames = []
+            while True:
+                f = await slow.frame()
+                assert f is not None, "connection ended without a close frame"
+                frames.append(f)
+                if f[0] == 0x8:
+                    break
+            code, reason = struct.unpack("!H", f[1][:2])[0], f[1][2:].decode()
+            assert (code, reason) == (4008, "client too slow")
+            await slow.send_text(f[1][:2], opcode=0x8)  # complete the closing handshake
+            got = [e["seq"] for e in (json.loads(p) for op, p in frames if op == 0x1) if e["seq"] is not None]
+            assert got == list(range(1, len(got) + 1))  # what it did get: a clean prefix
+            assert len(got) < cut_at
+            await feeding
+            eos = await reading
+        finally:
+            for task in (feeding, reading):
+                task.cancel()
+            await asyncio.gather(feeding, reading, return_exceptions=True)
     finally:
         slow.close()
+    assert eos["seq"] > cut_at + 2  # the session went on after the cut, and the fast client with it
     assert_exactly_once(fast.seqs, eos["seq"])
     assert not fast.errors()
     assert await fast.closed() == (1000, "session ended")
@@ -639,7 +705,7 @@ async def test_rate_limit(jp_serverapp, jp_fetch, jp_ws_fetch):
     await c.send({"type": "ack", "seq": -1})  # once the bucket refilled a little, messages count again
     last = await c.until(lambda e: e["type"] == "error" and e["data"]["code"] == "bad-ack", timeout=10)
     codes = [e["data"]["code"] for e in c.errors()]
-    assert 8 <= codes.count("rate-limit") <= 12, codes
+    assert 5 <= codes.count("rate-limit") <= 11, codes  # 16 in the burst - a full bucket (5) - any refill
     assert set(codes) == {"rate-limit", "bad-ack"} and codes[-1] == "bad-ack"
     assert "5 messages per second" in c.errors()[0]["data"]["detail"]
     await asyncio.sleep(0.5)  # let the bucket refill before the stop
@@ -686,15 +752,15 @@ async def test_ended_session_state_is_forgotten_after_the_replay_window(jp_serve
         await jp_fetch("loquilex", "api", "sessions", sid, method="DELETE")
     ended = time.monotonic()
     ids = {watched, dropped, unwatched}
-    assert {watched, dropped} <= set(manager.hub.channels)
+    assert dropped in manager.hub.channels and unwatched not in manager.hub.channels
     # still readable right after the end
-    r = await jp_fetch("loquilex", "api", "sessions", watched)
+    r = await jp_fetch("loquilex", "api", "sessions", dropped)
     assert json.loads(r.body)["end"]["kind"] == "clean"
 
     def forgotten():
         return not ids & set(manager.hub.channels) and not ids & {s.id for s in manager.supervisor.list(include_ended=True)}
 
-    await wait_for(forgotten, 1.0 + 3.0, "the hub and the supervisor to forget ended sessions")
+    await wait_for(forgotten, 10.0, "the hub and the supervisor to forget ended sessions")
     assert time.monotonic() - ended >= 0.9  # not before the window
     for sid in ids:
         with pytest.raises(HTTPClientError) as e:
@@ -742,8 +808,8 @@ async def test_rest_surface(jp_serverapp, jp_fetch, jp_ws_fetch, speech, manager
     r = await jp_fetch("loquilex", "api", "sessions", push["id"], method="DELETE")
     info = json.loads(r.body)
     assert r.code == 200 and info["end"] is not None and info["state"] == "stopped"
-    assert info["end"]["kind"] == "clean"
-    assert gone(push["pid"], 5)
+    assert info["end"]["kind"] in ("clean", "terminated")  # polite, or SIGTERM on a starved machine
+    assert gone(push["pid"], 0.5)  # already reaped when DELETE answered
     await c.until_eos()
     assert await c.closed() == (1000, "session ended")
     # an ended session: finalize is a conflict, DELETE is idempotent
@@ -759,17 +825,18 @@ async def test_rest_surface(jp_serverapp, jp_fetch, jp_ws_fetch, speech, manager
     with pytest.raises(HTTPClientError) as e:  # not among this session's formats
         await jp_fetch("loquilex", "api", "sessions", push["id"], "captions.srt")
     assert e.value.code == 404
-    ws = await Client.connect(jp_ws_fetch, filed["id"])
-    await ws.until_eos()
+    ws = await Client.connect(jp_ws_fetch, filed["id"])  # a late joiner: the whole log, in order
+    eos = await ws.until_eos()
+    assert ws.seqs == list(range(1, eos["seq"] + 1))
     finals = [e for e in ws.envs if e["type"] == "asr.final"]
     assert len(finals) >= 5
     assert await ws.closed() == (1000, "session ended")
     r = await jp_fetch("loquilex", "api", "sessions", filed["id"], "captions.srt")
     srt = r.body.decode()
     assert re.search(r"^1\n\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}\n", srt, re.M), srt[:200]
-    assert all(f["data"]["text"].strip() in srt for f in finals)
+    assert all(" ".join(f["data"]["text"].split()) in srt for f in finals)
     r = await jp_fetch("loquilex", "api", "sessions", filed["id"], "captions.txt")
-    assert all(f["data"]["text"].strip() in r.body.decode() for f in finals[-5:])
+    assert all(" ".join(f["data"]["text"].split()) in r.body.decode() for f in finals[-5:])
     r = await jp_fetch("loquilex", "api", "sessions", filed["id"], "captions.vtt")
     assert r.body.startswith(b"WEBVTT")
 

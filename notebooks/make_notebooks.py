@@ -1,0 +1,578 @@
+"""(Re)generate notebooks 03-05 with nbformat and store their outputs by running them with nbclient.
+
+    .venv/bin/python notebooks/make_notebooks.py            # all of them
+    .venv/bin/python notebooks/make_notebooks.py 04 05      # some (by number or name)
+    .venv/bin/python notebooks/make_notebooks.py --no-execute
+
+The sources below are the only place to edit these notebooks: hand edits are lost the next time
+this runs. `make test` runs them with nbval (`--nbval-lax`): cells marked `# NBVAL_CHECK_OUTPUT`
+must print exactly what is stored, so those cells print only deterministic lines (no times, ids,
+pids, ports or transcripts). nbval runs each notebook in a bare kernel and SIGKILLs it at the
+end, so every notebook cleans up in its last cell and checks that the kernel's process counters
+(threads, children, fds, sockets) are back to the baseline of its first cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+TIMEOUT = 180  # seconds per cell
+
+METADATA = {
+    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+    "language_info": {
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "file_extension": ".py",
+        "mimetype": "text/x-python",
+        "name": "python",
+        "nbconvert_exporter": "python",
+        "pygments_lexer": "ipython3",
+        "version": "{}.{}.{}".format(*sys.version_info[:3]),
+    },
+}
+
+
+def md(text: str) -> str:
+    return "md:" + textwrap.dedent(text).strip()
+
+
+def code(text: str) -> str:
+    return "code:" + textwrap.dedent(text).strip()
+
+
+# -- shared cells ------------------------------------------------------------------------------
+BACK_TO_BASELINE = code(
+    """
+    # NBVAL_CHECK_OUTPUT
+    shutil.rmtree(tmp, ignore_errors=True)
+    deadline = time.monotonic() + 10  # let closed things settle
+    while True:
+        now = process_counters()
+        ok = (now.threads <= baseline.threads and now.children == baseline.children
+              and now.fds <= baseline.fds and now.sockets <= baseline.sockets)
+        if ok or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert ok, (baseline, now)
+    print('back to baseline')
+    """
+)
+
+SERVER_HELPERS = code(
+    '''
+    def free_port():
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            return s.getsockname()[1]
+
+
+    def gone(pids, timeout=5.0):
+        """Wait until none of `pids` runs (a zombie counts as gone); return those still running."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = []
+            for pid in pids:
+                try:
+                    if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                        left.append(pid)
+                except psutil.NoSuchProcess:
+                    pass
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.05)
+
+
+    # The server gets SIGTERM when the thread that started it (this kernel's main thread) dies:
+    # nbval SIGKILLs the kernel at the end, and a failed cell must not leave a server running.
+    DIE_WITH_KERNEL = (
+        "import ctypes, runpy, signal, sys; "
+        "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0); "  # PR_SET_PDEATHSIG
+        "sys.argv[0] = 'jupyter-server'; "
+        "runpy.run_module('jupyter_server', run_name='__main__', alter_sys=True)"
+    )
+    SERVERS = []
+
+
+    class Server:
+        """`jupyter server` with the loquilex extension in a subprocess, with its own temp dirs."""
+
+        def __init__(self, home):
+            self.home = Path(home)
+            self.root, self.runtime = self.home / 'root', self.home / 'runtime'
+            for d in (self.root, self.runtime, self.home / 'config', self.home / 'data'):
+                d.mkdir(parents=True)
+            self.port = free_port()
+            self.token = secrets.token_hex(16)
+            self.url = f'http://127.0.0.1:{self.port}'
+            self.log_path = self.home / 'server.log'
+            self.proc = None
+            SERVERS.append(self)
+
+        def start(self, timeout=60):
+            env = {k: v for k, v in os.environ.items() if k != 'LOQUILEX_MODE'}  # its kernels auto-detect it
+            env.update(JUPYTER_RUNTIME_DIR=str(self.runtime), JUPYTER_CONFIG_DIR=str(self.home / 'config'),
+                       JUPYTER_DATA_DIR=str(self.home / 'data'), HF_HUB_OFFLINE='1')
+            argv = [
+                sys.executable, '-c', DIE_WITH_KERNEL,  # = python -m jupyter_server
+                '--allow-root', '--no-browser', '--ip=127.0.0.1', '--port', str(self.port), '--port-retries=0',
+                f'--IdentityProvider.token={self.token}', f'--ServerApp.root_dir={self.root}',
+                '--LoquilexApp.sweep_interval=0.5',
+                # only the loquilex extension: starts faster than with JupyterLab and friends
+                "--ServerApp.jpserver_extensions={'jupyter_server_ext': True, 'jupyterlab': False, 'jupyter_lsp': False,"
+                " 'notebook_shim': False, 'jupyter_server_terminals': False}",
+            ]
+            with open(self.log_path, 'wb') as log:
+                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    if self.request('GET', '/api/status')[0] == 200:
+                        return self
+                except OSError:
+                    pass
+                assert self.proc.poll() is None, f'the server exited early:\\n{self.log()}'
+                assert time.monotonic() < deadline, f'the server did not answer:\\n{self.log()}'
+                time.sleep(0.1)
+
+        def request(self, method, path, body=None):
+            data = None if body is None else json.dumps(body).encode()
+            req = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={'Authorization': f'token {self.token}'})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return r.status, json.loads(r.read() or b'null')
+            except urllib.error.HTTPError as e:
+                with e:
+                    return e.code, json.loads(e.read() or b'null')
+
+        def sessions(self):
+            status, body = self.request('GET', '/loquilex/api/sessions')
+            assert status == 200, body
+            return body['sessions']
+
+        def wait_session(self, pred, timeout=30):
+            """The first session whose info satisfies `pred`, polling `GET loquilex/api/sessions`."""
+            deadline = time.monotonic() + timeout
+            while True:
+                found = [s for s in self.sessions() if pred(s)]
+                if found:
+                    return found[0]
+                assert time.monotonic() < deadline, self.sessions()
+                time.sleep(0.05)
+
+        def create_push_sessions(self, n):
+            """n push sessions through REST; returns their worker pids once each worker runs."""
+            infos = []
+            for _ in range(n):
+                status, info = self.request('POST', '/loquilex/api/sessions', {'source': {'kind': 'push'}})
+                assert status == 201, info
+                infos.append(info)
+            ids = {i['id'] for i in infos}
+            for sid in ids:
+                self.wait_session(lambda s: s['id'] == sid and s['state'] == 'running')
+            return [i['pid'] for i in infos]
+
+        def stop(self, sig=signal.SIGTERM, timeout=30):
+            """Signal the server and reap it; returns its exit code."""
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f'the server ignored {sig!r}:\\n{self.log()}') from None
+
+        def close(self):
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.kill()
+            if self.proc is not None:
+                self.proc.wait()
+
+        def log(self):
+            return self.log_path.read_text(errors='replace')[-4000:]
+    '''
+)
+
+COMMON_IMPORTS = """
+import json, os, secrets, shutil, signal, socket, subprocess, sys, tempfile, time
+import urllib.error, urllib.request
+from pathlib import Path
+
+import psutil
+from loquilex_nb.resources import process_counters
+
+baseline = process_counters()
+tmp = Path(tempfile.mkdtemp(prefix='{prefix}'))
+"""
+
+
+# -- 03: kernel restart ------------------------------------------------------------------------
+NB03 = [
+    md(
+        """
+        # A kernel restart stops the kernel's server-side sessions
+
+        Starts a Jupyter server with the `loquilex` extension as a subprocess, starts a kernel
+        through its REST API and runs `lx.session(lx.PushSource()).start()` *inside that kernel*
+        (sent over the kernel's websocket channels, as JupyterLab does). There `lx` detects server
+        mode: the kernel's `JPY_PARENT_PID` is the server, whose runtime file says where it
+        listens. So the server runs the session, owned by the kernel. Restarting the kernel
+        (`POST /api/kernels/<id>/restart`) then stops the session and its worker, and so does
+        shutting the kernel down. Ends by stopping the server and checking that this kernel's
+        process counters are back to baseline. `make test` runs it with nbval.
+        """
+    ),
+    code(COMMON_IMPORTS.format(prefix="lx-nb03-")),
+    SERVER_HELPERS,
+    code(
+        '''
+        import datetime, uuid
+        import websocket  # websocket-client, a dependency of jupyter_server
+
+
+        def run_in_kernel(server, kernel_id, source, timeout=60):
+            """Execute `source` in a kernel of `server` over its websocket channels; return its stdout."""
+            ws = websocket.create_connection(
+                f'ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels?session_id={uuid.uuid4().hex}',
+                header=[f'Authorization: token {server.token}'], timeout=timeout)
+            try:
+                msg_id = uuid.uuid4().hex
+                ws.send(json.dumps({
+                    'header': {'msg_id': msg_id, 'msg_type': 'execute_request', 'username': '', 'session': uuid.uuid4().hex,
+                               'date': datetime.datetime.now(datetime.timezone.utc).isoformat(), 'version': '5.3'},
+                    'parent_header': {}, 'metadata': {}, 'channel': 'shell', 'buffers': [],
+                    'content': {'code': source, 'silent': False, 'store_history': False, 'user_expressions': {},
+                                'allow_stdin': False, 'stop_on_error': True},
+                }))
+                out, reply, idle = [], None, False
+                deadline = time.monotonic() + timeout
+                while reply is None or not idle:
+                    ws.settimeout(max(0.1, deadline - time.monotonic()))
+                    raw = ws.recv()
+                    if not isinstance(raw, str):
+                        continue  # binary frames carry buffers; none of ours do
+                    msg = json.loads(raw)
+                    if msg.get('parent_header', {}).get('msg_id') != msg_id:
+                        continue
+                    kind, content = msg['msg_type'], msg['content']
+                    if kind == 'stream':
+                        out.append(content['text'])
+                    elif kind == 'error':
+                        out.append('\\n'.join(content['traceback']))
+                    elif kind == 'execute_reply':
+                        reply = content
+                    elif kind == 'status' and content['execution_state'] == 'idle':
+                        idle = True
+            finally:
+                ws.close()
+            assert reply['status'] == 'ok', ''.join(out)
+            return ''.join(out)
+
+
+        def kernel_pid(server, kernel_id):
+            """The pid of the server's kernel process for `kernel_id` (it was given its connection file)."""
+            for child in psutil.Process(server.proc.pid).children(recursive=True):
+                try:
+                    if any(f'kernel-{kernel_id}.json' in arg for arg in child.cmdline()):
+                        return child.pid
+                except psutil.NoSuchProcess:
+                    pass
+            return None
+        '''
+    ),
+    code(
+        """
+        # NBVAL_CHECK_OUTPUT
+        srv = Server(tmp / 'server').start()
+        status, kernel = srv.request('POST', '/api/kernels', {'name': 'python3'})
+        kid = kernel['id']
+        print('kernel started:', status == 201)
+        """
+    ),
+    md("Run a session inside that kernel: `lx` picks the server that started it, and tags the session with the kernel's id."),
+    code(
+        """
+        # NBVAL_CHECK_OUTPUT
+        IN_KERNEL = '''
+        import loquilex_nb as lx
+        s = lx.session(lx.PushSource()).start()
+        print('backend:', s.backend.name)
+        print('owned by this kernel:', s.backend.kernel_id == {kid!r})
+        '''
+        print(run_in_kernel(srv, kid, IN_KERNEL.format(kid=kid)), end='')
+        info = srv.wait_session(lambda s: s['owner'] == kid and s['state'] == 'running')
+        old_kernel_pid = kernel_pid(srv, kid)
+        print('server session running, owner == kernel id:', info['owner'] == kid)
+        """
+    ),
+    md("Restart the kernel through the REST API, as JupyterLab's *Restart Kernel* does."),
+    code(
+        """
+        # NBVAL_CHECK_OUTPUT
+        status, _ = srv.request('POST', f'/api/kernels/{kid}/restart')
+        print('kernel restarted:', status == 200 and kernel_pid(srv, kid) not in (None, old_kernel_pid))
+        ended = srv.wait_session(lambda s: s['id'] == info['id'] and s['state'] in ('stopped', 'failed'))
+        print('session stopped after kernel restart:', ended['state'] == 'stopped', ended['end']['kind'])
+        print('worker gone:', gone([info['pid']]) == [])
+        """
+    ),
+    md("The restarted kernel starts afresh. Its new session ends with the kernel's shutdown (`DELETE /api/kernels/<id>`)."),
+    code(
+        """
+        # NBVAL_CHECK_OUTPUT
+        print(run_in_kernel(srv, kid, IN_KERNEL.format(kid=kid)), end='')
+        info2 = srv.wait_session(lambda s: s['owner'] == kid and s['state'] == 'running')
+        last_kernel_pid = kernel_pid(srv, kid)
+        status, _ = srv.request('DELETE', f'/api/kernels/{kid}')
+        print('kernel shut down:', status == 204 and gone([last_kernel_pid]) == [])
+        ended2 = srv.wait_session(lambda s: s['id'] == info2['id'] and s['state'] in ('stopped', 'failed'))
+        print('session stopped after kernel shutdown:', ended2['state'] == 'stopped', ended2['end']['kind'])
+        print('worker gone:', gone([info2['pid']]) == [])
+        """
+    ),
+    code(
+        """
+        # NBVAL_CHECK_OUTPUT
+        code = srv.stop(signal.SIGTERM)
+        print('server exited on SIGTERM:', code in (0, -signal.SIGTERM))
+        print('kernels left:', gone([p for p in (old_kernel_pid, last_kernel_pid) if p]))
+        """
+    ),
+    md("Clean up and check that the counters are back to baseline (threads, child processes, fds, sockets)."),
+    code(
+        """
+        for server in SERVERS:
+            server.close()
+        """
+    ),
+    BACK_TO_BASELINE,
+]
+
+
+# -- 04: server shutdown -----------------------------------------------------------------------
+NB04 = [
+    md(
+        """
+        # Stopping the server leaves no worker behind
+
+        Starts a Jupyter server with the `loquilex` extension as a subprocess, creates push
+        sessions through its REST API (`POST loquilex/api/sessions`) and ends the server two
+        ways:
+
+        * **SIGTERM**: the server shuts down in order, and the extension's `stop_extension` stops
+          every session and reaps its worker before the server exits;
+        * **SIGKILL**: nothing runs in the server; each worker's parent-death signal
+          (`PR_SET_PDEATHSIG`) takes it down within a few seconds.
+
+        Ends by checking that this kernel's process counters are back to baseline. `make test`
+        runs it with nbval.
+        """
+    ),
+    code(COMMON_IMPORTS.format(prefix="lx-nb04-")),
+    SERVER_HELPERS,
+    md("## SIGTERM: an orderly shutdown"),
+    code(
+        """
+        # NBVAL_CHECK_OUTPUT
+        srv = Server(tmp / 'term').start()
+        pids = srv.create_push_sessions(2)
+        print(len(pids), 'sessions running, workers are the server\\'s children:',
+              set(pids) <= {c.pid for c in psutil.Process(srv.proc.pid).children()})
+        """
+    ),
+    code(
+        """
+        # NBVAL_CHECK_OUTPUT
+        code = srv.stop(signal.SIGTERM)
+        print('server exited on SIGTERM:', code in (0, -signal.SIGTERM))
+        # reaped by the server itself, so not even a zombie is left the moment it has exited
+        print('workers left:', [p for p in pids if psutil.pid_exists(p)])
+        print('stop_extension finished cleanly:', 'stop_extension did not finish cleanly' not in srv.log())
+        """
+    ),
+    md("## SIGKILL: no shutdown at all"),
+    code(
+        """
+        srv = Server(tmp / 'kill').start()
+        pids = srv.create_push_sessions(2)
+        srv.proc.kill()
+        srv.proc.wait()
+        t0 = time.monotonic()
+        left = gone(pids, timeout=3.0)
+        print(f'workers gone {time.monotonic() - t0:.2f} s after the SIGKILL')
+        """
+    ),
+    code(
+        """
+        # NBVAL_CHECK_OUTPUT
+        print('server killed:', srv.proc.returncode == -signal.SIGKILL)
+        print('workers left 3 s after SIGKILL:', left)
+        """
+    ),
+    md("Clean up and check that the counters are back to baseline (threads, child processes, fds, sockets)."),
+    code(
+        """
+        for server in SERVERS:
+            server.close()
+        """
+    ),
+    BACK_TO_BASELINE,
+]
+
+
+# -- 05: push audio ----------------------------------------------------------------------------
+NB05 = [
+    md(
+        """
+        # Push audio from NumPy
+
+        A session with `lx.PushSource()` captions audio you feed it yourself (16 kHz mono, int16
+        or float32 arrays). Here the first 12 seconds of the bundled sample are fed from NumPy in
+        100 ms chunks at the speed of speech, like a microphone would deliver them, so live
+        partials appear while it speaks; `s.stop()` finalizes what was fed. Embedded mode: the
+        session runs in this kernel, even when a Jupyter server with the extension started it.
+        Ends by checking that the process counters are back to baseline. `make test` runs it
+        with nbval.
+        """
+    ),
+    code(
+        """
+        import re, shutil, tempfile, time, wave
+        from pathlib import Path
+
+        import jiwer
+        import numpy as np
+        import loquilex_nb as lx
+        from loquilex_nb.resources import process_counters
+
+        lx.connect(None)  # embedded mode: this kernel's own supervisor runs the session
+        baseline = process_counters()
+        tmp = Path(tempfile.mkdtemp(prefix='lx-nb05-'))
+        """
+    ),
+    code(
+        """
+        # NBVAL_CHECK_OUTPUT
+        RATE, SECONDS = 16000, 12.0  # the first three sentences of the sample
+        sample = Path(lx.__file__).parent / 'data' / 'sample.wav'
+        with wave.open(str(sample)) as w:
+            assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (RATE, 1, 2)
+            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype='<i2')
+        audio = pcm[: int(SECONDS * RATE)].astype(np.float32) / 32768.0  # float32 in [-1, 1)
+        print(f'{len(audio) / RATE:.1f} s of audio, {audio.dtype}')
+        """
+    ),
+    md("Start the session and, where this version has it, show the live caption widget."),
+    code(
+        """
+        s = lx.session(lx.PushSource(), output_root=tmp, out='push').start()
+        view = None
+        if hasattr(lx, 'CaptionView'):
+            view = lx.CaptionView(s)
+            display(view)
+        else:
+            print('lx.CaptionView is not in this version: the captions are printed below')
+        """
+    ),
+    md("Feed 100 ms chunks at real time (without the widget, the live partial is printed as it changes), then stop."),
+    code(
+        """
+        CHUNK = RATE // 10
+        start, shown = time.monotonic(), None
+        for i in range(0, len(audio), CHUNK):
+            s.feed(audio[i:i + CHUNK])
+            partial = s.partial
+            if view is None and partial is not None and partial.text and partial.text != shown:
+                shown = partial.text
+                print(f'  … {shown}')
+            ahead = start + (i + CHUNK) / RATE - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)  # the speed of speech
+        print(s.stop())
+        """
+    ),
+    code(
+        """
+        events = list(s.events())  # everything the session said, in order, up to eos
+        partials = [ev for ev in events if ev.type == 'asr.partial']
+        finals = [ev for ev in events if ev.type == 'asr.final']
+        for ev in finals:
+            print(f'[{ev.t0:5.2f}] {ev.text}')
+        """
+    ),
+    code(
+        """
+        # NBVAL_CHECK_OUTPUT
+        norm = lambda t: ' '.join(re.sub(r"[^a-z0-9' ]", ' ', t.lower()).split())
+        reference = ' '.join(sample.with_suffix('.txt').read_text().splitlines()[:3])
+        print('partials seen:', len(partials) > 0)
+        print('finals seen:', len(finals) > 0)
+        print('close to the script (WER < 0.25):', jiwer.wer(norm(reference), norm(s.text)) < 0.25)
+        print('ended:', s.end.kind, '| last event:', events[-1].type)
+        print(sorted(p.name for p in s.outputs.values()))
+        """
+    ),
+    md("Clean up and check that the counters are back to baseline (threads, child processes, fds, sockets)."),
+    code(
+        """
+        if view is not None and hasattr(view, 'close'):
+            view.close()
+        s.close();  # also joins this kernel's loquilex loop thread
+        """
+    ),
+    BACK_TO_BASELINE,
+]
+
+NOTEBOOKS = {
+    "03-kernel-restart-cleanup": NB03,
+    "04-server-shutdown-cleanup": NB04,
+    "05-push-audio": NB05,
+}
+
+
+def build(name: str, cells: list[str]) -> nbformat.NotebookNode:
+    nb = new_notebook(metadata=METADATA)
+    for i, cell in enumerate(cells):
+        kind, _, source = cell.partition(":")
+        # stable ids keep regenerated notebooks diffable
+        cid = hashlib.sha1(f"{name}/{i}".encode()).hexdigest()[:8]
+        nb.cells.append(new_markdown_cell(source, id=cid) if kind == "md" else new_code_cell(source, id=cid))
+    return nb
+
+
+def execute(nb: nbformat.NotebookNode) -> None:
+    from nbclient import NotebookClient
+
+    NotebookClient(nb, timeout=TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("which", nargs="*", help="notebook names or number prefixes (default: all)")
+    parser.add_argument("--no-execute", action="store_true", help="write the notebooks without outputs")
+    args = parser.parse_args(argv)
+    names = [n for n in NOTEBOOKS if not args.which or any(n.startswith(w) or n == w for w in args.which)]
+    if not names:
+        parser.error(f"no notebook matches {args.which}; choose from {list(NOTEBOOKS)}")
+    for name in names:
+        nb = build(name, NOTEBOOKS[name])
+        t0 = time.monotonic()
+        if not args.no_execute:
+            execute(nb)
+        path = HERE / f"{name}.ipynb"
+        nbformat.validate(nb)
+        nbformat.write(nb, path)
+        print(f"wrote {path.relative_to(HERE.parent)}" + ("" if args.no_execute else f" (executed in {time.monotonic() - t0:.1f} s)"))
+
+
+if __name__ == "__main__":
+    main()
