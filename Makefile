@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SAMPLE := loquilex_nb/data/sample.wav
 
-.PHONY: install run run-cli test bench fixtures clean
+.PHONY: install browser run run-cli test bench fixtures clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,13 @@ run: install
 run-cli: install
 	$(VENV)/bin/loquilex-nb transcribe $(SAMPLE) --out captions-out/sample
 
-test: install
+# The browser test drives Debian's chromium with Playwright (never a downloaded browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing and we are not root: the browser test will be skipped"; fi; }
+
+test: install browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 bench: install

@@ -16,7 +16,29 @@ def connect(url, token=None, **kwargs):
 
 
 
+def load_ipython_extension(ipython):
+    """`%load_ext loquilex_nb`: the `%lx` line magic (sessions, stop, resources, monitor)."""
+    from .magics import load_ipython_extension as _load
+
+    _load(ipython)
+
+
+def unload_ipython_extension(ipython):
+    from .magics import unload_ipython_extension as _unload
+
+    _unload(ipython)
+
+
+def __getattr__(name):
+    # the widgets need ipywidgets (the `lab` extra): imported on first use only
+    if name in ("ResourceMonitor", "CaptionView"):
+        from . import widgets
+
+        return getattr(widgets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "EMBEDDED", "AsyncSession", "EndReason", "connect", "Event", "LeakError", "MicSource", "PushSource", "Session",
-    "SessionLimitError", "Supervisor", "leakcheck", "resources", "session", "sessions", "stop_all",
+    "SessionLimitError", "Supervisor", "leakcheck", "load_ipython_extension", "resources", "session", "sessions", "stop_all",
 ]

@@ -279,6 +279,12 @@ class Session:
     def text(self) -> str:
         return " ".join(ev.text or "" for ev in self.finals).strip()
 
+    def widget(self, **options: Any):
+        """A live caption view of this session (needs ipywidgets): status, partial, finals, latency."""
+        from .widgets import CaptionView
+
+        return CaptionView(self, **options)
+
     def __repr__(self) -> str:
         return f"<loquilex Session {self.id} {self.status}>"
 

@@ -32,6 +32,8 @@ def wait_future(fut: concurrent.futures.Future, timeout: float | None = None) ->
         try:
             return fut.result(timeout=slice_)
         except concurrent.futures.TimeoutError:
+            if fut.done():  # the coroutine itself raised TimeoutError: that is its result
+                return fut.result()
             if deadline is not None and time.monotonic() >= deadline:
                 fut.cancel()
                 raise TimeoutError("timed out") from None

@@ -77,7 +77,7 @@ def _stop_all_at_exit() -> None:
 
 
 def close_all() -> None:
-    """Close every open loquilex widget (monitors and caption views) of this process."""
+    """Close every loquilex widget of this process whose updater thread still runs."""
     with _live_lock:
         widgets = list(_live)
     for w in widgets:

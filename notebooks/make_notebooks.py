@@ -54,7 +54,9 @@ BACK_TO_BASELINE = code(
     """
     # NBVAL_CHECK_OUTPUT
     shutil.rmtree(tmp, ignore_errors=True)
-    deadline = time.monotonic() + 10  # let closed things settle
+    # let closed things settle; ipykernel closes the iopub pipe of a thread that printed or
+    # updated a widget up to 10 s after the thread ended (its event-pipe gc period)
+    deadline = time.monotonic() + 20
     while True:
         now = process_counters()
         ok = (now.threads <= baseline.threads and now.children == baseline.children

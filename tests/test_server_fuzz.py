@@ -81,6 +81,16 @@ async def run_hypothesis(test_fn):
         thread.join()
 
 
+def assert_every_seq_once(seqs, session, last, first=1):
+    """In order, exactly once; only partials replaced by a newer one of their segment may be
+    missing (PROTOCOL.md: a queued partial is replaced, latest wins)."""
+    assert seqs == sorted(set(seqs)) and set(seqs) <= set(range(first, last + 1)), seqs
+    log = {e.seq: e for e in session.log}
+    for n in sorted(set(range(first, last + 1)) - set(seqs)):
+        assert log[n].type == "asr.partial", f"seq {n} ({log[n].type}) never arrived"
+        assert any(s > n and log[s].segment_id == log[n].segment_id for s in seqs), f"partial {n} lost for good"
+
+
 def on_loop(loop, coro, timeout=60):
     return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
@@ -240,7 +250,8 @@ async def test_random_messages_after_hello(jp_serverapp, jp_fetch, jp_ws_fetch, 
         await feeder.ws.write_message(json.dumps({"type": "stop"}))
         await asyncio.wait_for(watching, 60)
         seqs = [e["seq"] for e in bystander.envs if e["seq"] is not None]
-        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and bystander.envs[-1]["type"] == "eos"
+        assert bystander.envs[-1]["type"] == "eos"
+        assert_every_seq_once(seqs, session, seqs[-1], first=seqs[0])
         assert not [e for e in bystander.envs if e["type"] == "error"]
         assert bystander.ws.close_code == 1000
         assert bystander.envs[-1]["data"]["data"]["end"]["kind"] == "clean"
@@ -379,7 +390,7 @@ async def test_random_session_bodies(jp_serverapp, jp_fetch, jp_ws_fetch, speech
         assert good.envs[-1]["type"] == "eos" and good.envs[-1]["data"]["data"]["end"]["kind"] == "clean"
         assert any(e["type"] == "asr.final" and e["data"]["text"] for e in good.envs)
         seqs = [e["seq"] for e in good.envs if e["seq"] is not None]
-        assert seqs == list(range(1, len(seqs) + 1))
+        assert_every_seq_once(seqs, manager.supervisor.get(good_sid), seqs[-1])
         deadline = time.monotonic() + 10
         while [s for s in manager.supervisor.list() if s.id != good_sid]:
             assert time.monotonic() < deadline, manager.supervisor.list()
@@ -407,10 +418,28 @@ async def test_deeply_nested_message_gets_an_error_not_an_abort(jp_serverapp, jp
     conn = await Conn.open(jp_ws_fetch, sid)
     try:
         await conn.ws.write_message(DEEP)
-        env = await conn.recv()
-        assert env["type"] == "error" and env["data"]["code"] == "bad-message"
+        await conn.ws.write_message(json.dumps({"type": "ack", "seq": -1}))
+        while (env := await conn.recv())["seq"] is not None:  # skip the session's own events
+            pass
+        assert env["type"] == "error" and env["data"]["code"] == "bad-message", env
+        while (env := await conn.recv())["seq"] is not None:
+            pass
+        assert env["data"]["code"] == "bad-ack"  # and the socket still works
     finally:
         await conn.aclose()
+        await jp_fetch("loquilex", "api", "sessions", sid, method="DELETE")
+
+
+@pytest.mark.xfail(strict=True, reason="the same RecursionError in handlers.py _hello (202-211): the socket is aborted, not closed with 1008")
+async def test_deeply_nested_first_message_closes_1008(jp_serverapp, jp_fetch, jp_ws_fetch):
+    sid = json.loads((await jp_fetch("loquilex", "api", "sessions", method="POST", body=json.dumps({"source": {"kind": "push"}}))).body)["id"]
+    ws = await jp_ws_fetch("loquilex", "api", "sessions", sid, "events")
+    try:
+        await ws.write_message(DEEP)
+        assert await asyncio.wait_for(ws.read_message(), 10) is None
+        assert ws.close_code == 1008
+    finally:
+        ws.close()
         await jp_fetch("loquilex", "api", "sessions", sid, method="DELETE")
 
 

@@ -247,11 +247,12 @@ async def test_server_cleanup_stops_everything_and_closes_sockets(jp_serverapp, 
     while (msg := await asyncio.wait_for(ws.read_message(), 10)) is not None:
         envs.append(json.loads(msg))
     assert ws.close_code == 1001, (ws.close_code, ws.close_reason)
-    # every event up to the end reached the client before the shutdown close? not promised;
-    # but what did arrive is in order and nothing was sent twice
+    # the shutdown close does not promise the session's last events; what arrived is in order
     seqs = [e["seq"] for e in envs if e["seq"] is not None]
     assert seqs == sorted(set(seqs))
     assert manager.hub.channels == {} and manager.supervisor.list() == []
+    for info in (a, b):  # stopped by the ladder, not left to the parent-death signal
+        assert manager.supervisor.get(info["id"]).end.kind in ("clean", "terminated")
     # a second cleanup (pytest-jupyter runs one at teardown) is harmless
     await jp_serverapp._cleanup()
     with pytest.raises(HTTPClientError) as e:  # no new sessions once shut down

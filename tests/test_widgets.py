@@ -66,7 +66,7 @@ def test_monitor_sees_a_session_start_and_stop(tmp_path):
     m = ResourceMonitor(interval=3600)  # the updater stays asleep: refresh() drives it
     try:
         base = m.baseline["process"]
-        assert m.latest["process"] == m.latest["process"] | {"children": base["children"]}
+        assert m.latest["process"]["children"] == base["children"]
         assert base["tasks"] is None  # no private loop yet
         with lx.session(lx.PushSource(), output_root=tmp_path) as s:
             m.refresh()
@@ -186,6 +186,29 @@ def test_caption_view_close_is_prompt_on_an_idle_session(tmp_path):
         view.close()
 
 
+def test_caption_view_of_a_session_not_started_yet(tmp_path):
+    never = lx.session(lx.PushSource(), output_root=tmp_path)
+    view = CaptionView(never)
+    assert view.state == "created" and view.thread.is_alive()
+    never.close()  # closed before it ever started: the view says so and its thread ends
+    assert view.wait(5) and not view.thread.is_alive()
+    assert "closed before it started" in view.status_html.value
+    view.close()
+
+    later = lx.session(lx.PushSource(), output_root=tmp_path)
+    view = CaptionView(later)
+    try:
+        with later:  # started after the view was made: the view follows it
+            deadline = time.monotonic() + 10
+            while view.state == "created" and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert view.state in ("starting", "running")
+        assert view.wait(10) and view.state == "stopped"
+        assert "clean" in view.status_html.value
+    finally:
+        view.close()
+
+
 def test_caption_view_of_a_stopped_session_has_no_thread(tmp_path):
     with lx.session(lx.PushSource(), output_root=tmp_path) as s:
         s.feed(pcm16(FIXTURES / "short.wav"))
@@ -267,3 +290,15 @@ async def test_monitor_shows_the_server_and_its_sessions(jp_serverapp, jp_fetch,
         assert m.latest["server"]["children"] == m.baseline["server"]["children"]
     finally:
         await asyncio.to_thread(m.close)
+    # "auto" follows lx.connect (and a kernel's own server)
+    from loquilex_nb import client
+
+    backend = client.connect(url, token, check=False)
+    try:
+        auto = await asyncio.to_thread(ResourceMonitor, server="auto", interval=3600)
+        try:
+            assert auto.backend is backend and auto.latest["server_error"] is None
+        finally:
+            await asyncio.to_thread(auto.close)
+    finally:
+        client._reset()
