@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SAMPLE := loquilex_nb/data/sample.wav
 
-.PHONY: install browser run run-cli test bench fixtures clean
+.PHONY: install browser run run-cli test bench bench-quick fixtures clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ test: install browser
 
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) bench/run.py
+
+bench-quick: install
+	HF_HUB_OFFLINE=1 $(PY) bench/run.py --quick
 
 # Regenerate the committed audio fixtures (needs Debian's espeak-ng and sox).
 fixtures:
