@@ -31,6 +31,24 @@ PR_SET_PDEATHSIG = 1
 CHUNK_S = 0.1
 
 
+class QuickExit:
+    """The "leave now" flag. Set from a signal handler, so it takes no lock.
+
+    PR_SET_PDEATHSIG can fire several times while a parent with many threads dies; a
+    handler that took a lock (threading.Event.set) could be re-entered while holding it
+    and deadlock the worker forever. A plain attribute store cannot.
+    """
+
+    def __init__(self) -> None:
+        self.flag = False
+
+    def set(self, *_: Any) -> None:
+        self.flag = True
+
+    def is_set(self) -> bool:
+        return self.flag
+
+
 class Exit(Exception):
     """Raised inside the main loop to leave it; carries how we finish."""
 
@@ -66,7 +84,7 @@ class EventOut:
 class ControlReader(threading.Thread):
     """Moves control messages from the pipe into the main loop's queue, in order."""
 
-    def __init__(self, fd: int, items: queue.Queue, wake_fd: int, quick: threading.Event) -> None:
+    def __init__(self, fd: int, items: queue.Queue, wake_fd: int, quick: QuickExit) -> None:
         super().__init__(name="loquilex-control")
         self.stop_requested = threading.Event()
         self.fd = fd
@@ -204,9 +222,9 @@ def main() -> int:
     emit = EventOut(events_fd)
     fault = os.environ.get("LOQUILEX_WORKER_FAULT", "")
 
-    quick = threading.Event()
+    quick = QuickExit()
     stop_source = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: quick.set())
+    signal.signal(signal.SIGTERM, quick.set)
     if "ignore-sigterm" in fault:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -262,8 +280,8 @@ def main() -> int:
             mic = MicFeeder(source.get("device"), items)
         if "hang" in fault:
             # a worker stuck in a long decode: deaf to control messages, not to signals
-            while not quick.wait(0.1):
-                pass
+            while not quick.is_set():
+                time.sleep(0.1)
             return 0
         reason = run_loop(rec, items, quick, reader.stop_requested, stop_source, emit, source["kind"])
         rec.finalize(decode=reason.decode)

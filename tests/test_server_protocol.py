@@ -116,8 +116,8 @@ class Client:
     async def closed(self, timeout=30.0):
         """Read until the server closes; returns (close_code, close_reason)."""
         deadline = time.monotonic() + timeout
-        while await self.recv(max(0.01, deadline - time.monotonic())) is not None:
-            pass
+        while not self.ended:
+            await self.recv(max(0.01, deadline - time.monotonic()))
         return self.ws.close_code, self.ws.close_reason
 
     def errors(self):
@@ -301,7 +301,7 @@ async def test_websocket_origin_is_checked(jp_serverapp, jp_http_port, jp_base_u
         c = Client(await tornado.websocket.websocket_connect(HTTPRequest(url, headers=headers)))
         await c.send({"type": "hello"})
         assert (await c.recv())["type"] == "welcome", origin
-        c.close()
+        await c.aclose()
     # a forged cookie is no credential
     with pytest.raises(HTTPClientError) as e:
         ws = await tornado.websocket.websocket_connect(HTTPRequest(url, headers={"Cookie": cookies[0][:-4] + "AAAA"}))
@@ -408,7 +408,7 @@ async def test_resume_past_window_gets_gap_with_snapshot(jp_serverapp, jp_fetch,
     assert any(e["type"] == "asr.final" for e in b.envs)
     assert await b.closed() == (1000, "session ended")
     await feeder.until_eos()
-    feeder.close()
+    assert await feeder.closed() == (1000, "session ended")
 
 
 @server_config(replay_capacity=5)

@@ -182,3 +182,4 @@ async def test_start_stop_cycles_leave_no_growth(output_root):
     assert after.fds <= before.fds
     assert after.sockets <= before.sockets
     assert len(sup.list(include_ended=True)) <= 64  # ended-session history is bounded
+
