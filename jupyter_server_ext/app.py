@@ -63,6 +63,7 @@ class LoquilexApp(ExtensionApp):
             kernel_manager=self.serverapp.kernel_manager,
             event_logger=self.serverapp.event_logger if self.stop_on_kernel_restart else None,
             sweep_interval=self.sweep_interval,
+            stop_on_kernel_restart=self.stop_on_kernel_restart,
         )
         self.settings["loquilex_manager"] = self.manager
 

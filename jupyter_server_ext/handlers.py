@@ -61,8 +61,8 @@ class SessionsHandler(BaseHandler):
     async def post(self) -> None:
         try:
             body = json.loads(self.request.body or b"{}")
-        except ValueError:
-            return self.fail(400, "bad-json", "the request body is not valid JSON")
+        except (ValueError, RecursionError):
+            return self.fail(400, "bad-json", "the request body is not valid JSON (or nested too deeply)")
         try:
             session = await self.manager.create(body)
         except BadRequest as exc:
@@ -116,8 +116,7 @@ class CaptionsHandler(BaseHandler):
                 text = f.read()
         except FileNotFoundError:
             raise web.HTTPError(404, f"no {fmt} captions for session {sid!r}") from None
-        self.set_header("Content-Type", ctype)
-        self.finish(text)
+        self.finish(text, set_content_type=ctype)
 
 
 class ResourcesHandler(BaseHandler):
@@ -161,8 +160,9 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         if conn is None:
             return await self._hello(message)
         conn.touch()
-        if len(message) > limits.max_message_bytes:
-            conn.error("too-big", f"message of {len(message)} bytes exceeds {limits.max_message_bytes}")
+        size = _size(message)
+        if size > limits.max_message_bytes:
+            conn.error("too-big", f"message of {size} bytes exceeds {limits.max_message_bytes}")
             return
         if not conn.allow_message():
             conn.error("rate-limit", f"more than {limits.max_messages_per_second:g} messages per second")
@@ -172,7 +172,7 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         try:
             msg = json.loads(message)
             kind = msg["type"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             conn.error("bad-message", "messages are JSON objects with a 'type'")
             return
         if kind == "hb":
@@ -197,7 +197,7 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
 
     async def _hello(self, message: str | bytes) -> None:
         try:
-            if isinstance(message, bytes) or len(message) > self.manager.hub.limits.max_message_bytes:
+            if isinstance(message, bytes) or _size(message) > self.manager.hub.limits.max_message_bytes:
                 raise ValueError
             msg = json.loads(message)
             if msg.get("type") != "hello":
@@ -208,7 +208,7 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
                 raise ValueError
             if token is not None and not isinstance(token, str):
                 raise ValueError
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, AttributeError, TypeError, RecursionError):
             self.close(CLOSE_POLICY, "the first message must be hello {last_seq?, resume_token?}")
             return
         limits = self.manager.hub.limits
@@ -249,6 +249,11 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             clean = self.conn.finished or self.manager.hub.closing
             self.manager.hub.disconnected(self.conn, clean)
             self.conn = None
+
+
+def _size(message: str | bytes) -> int:
+    """Bytes on the wire: a limit counted in characters would let UTF-8 text through at 4x."""
+    return len(message) if isinstance(message, bytes) else len(message.encode("utf-8", "surrogatepass"))
 
 
 async def _maybe_await(value):

@@ -27,6 +27,7 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_SLOW = 4008
 CLOSE_HB_TIMEOUT = 4009
+CLOSE_REPLACED = 4010
 MAX_ERRORS = 20
 SNAPSHOT_FINALS = 50
 
@@ -135,6 +136,10 @@ class Connection:
                 if env["type"] == "eos":
                     return self._finish()
             while not self.closed:
+                if time.monotonic() - self.last_recv > self.limits.hb_timeout:
+                    # checked on every turn: a busy stream must not hide a silent client
+                    self.close(CLOSE_HB_TIMEOUT, "heartbeat timeout")
+                    return
                 if not self._queue:
                     self._wake.clear()
                     try:
@@ -210,6 +215,13 @@ class Channel:
         replay: list[dict[str, Any]] = []
         pin = self.pins.pop(token, None) if token else None
         pinned = pin is not None and pin[1] >= time.monotonic()
+        stale = next((c for c in self.connections if token and c.token == token), None)
+        if stale is not None:
+            # the client reconnected before we noticed its old socket died (half-open TCP)
+            pinned = True
+            self.connections.discard(stale)
+            stale.finished = True  # replaced: no pin for it
+            stale.close(CLOSE_REPLACED, "replaced by a newer connection")
         events, gap = session.events_after(last_seq)
         if last_seq > 0 and not pinned:
             if session.seq > last_seq:

@@ -41,6 +41,7 @@ class SessionManager:
         kernel_manager: Any = None,
         event_logger: Any = None,
         sweep_interval: float = 2.0,
+        stop_on_kernel_restart: bool = True,
     ) -> None:
         self.root_dir = Path(root_dir).resolve()
         self.output_root = Path(output_root)
@@ -50,6 +51,7 @@ class SessionManager:
         self.kernel_manager = kernel_manager
         self.event_logger = event_logger
         self.sweep_interval = sweep_interval
+        self.stop_on_kernel_restart = stop_on_kernel_restart
         self._owner_pids: dict[str, int | None] = {}
         self._sweeper: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -123,8 +125,9 @@ class SessionManager:
             body["model"] = self.model
         try:
             config = build_config(src, sid=sid, realtime=realtime, output_root=self.output_root, owner=kernel_id, **body)
-        except (ValueError, TypeError) as exc:
-            raise BadRequest(str(exc).replace(self.root_dir.as_posix() + "/", "")) from None
+        except (ValueError, TypeError, OSError) as exc:
+            # OSError: a name too long, or an `out` that is (or is under) an existing file
+            raise BadRequest(str(exc).replace(self.root_dir.as_posix() + "/", "").replace(self.output_root.as_posix() + "/", "")) from None
         return sid, config
 
     async def create(self, body: Any) -> Session:
@@ -190,8 +193,12 @@ class SessionManager:
                 continue
             pid = self._owner_pids.get(kid)
             now_pid = self._kernel_pid(kid)
-            if pid is not None and (now_pid != pid or not _alive(pid)):
-                dead.add(kid)
+            if pid is None or (now_pid == pid and _alive(pid)):
+                continue
+            if not self.stop_on_kernel_restart and now_pid is not None and _alive(now_pid):
+                self._owner_pids[kid] = now_pid  # restarted, and the user keeps sessions across restarts
+                continue
+            dead.add(kid)
         return dead
 
     async def sweep_once(self) -> None:

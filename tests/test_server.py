@@ -11,6 +11,12 @@ from conftest import FIXTURES, pcm16
 
 
 
+@pytest.fixture(autouse=True)
+def started(jp_serverapp, jp_asyncio_loop):
+    """Start the extension as a real server does (pytest-jupyter skips ``_post_start``)."""
+    jp_asyncio_loop.run_until_complete(jp_serverapp._post_start())
+
+
 @pytest.fixture
 def jp_server_config():
     return {

@@ -13,6 +13,12 @@ from loquilex_nb.client import connect
 from conftest import FIXTURES, pcm16, wer
 
 
+@pytest.fixture(autouse=True)
+def started(jp_serverapp, jp_asyncio_loop):
+    """Start the extension as a real server does (pytest-jupyter skips ``_post_start``)."""
+    jp_asyncio_loop.run_until_complete(jp_serverapp._post_start())
+
+
 @pytest.fixture
 def jp_server_config():
     return {"ServerApp": {"jpserver_extensions": {"jupyter_server_ext": True}}, "LoquilexApp": {"sweep_interval": 0.5}}

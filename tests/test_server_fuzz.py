@@ -406,13 +406,6 @@ async def test_random_session_bodies(jp_serverapp, jp_fetch, jp_ws_fetch, speech
 DEEP = "[" * 5000 + "]" * 5000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="handlers.py:173-175 on_message catches (ValueError, KeyError, TypeError) around json.loads; a "
-    "deeply nested message raises RecursionError, tornado logs it and aborts the socket (no "
-    "error envelope, no close frame). Same in _hello (handlers.py:202-211: abort instead of 1008). "
-    "Fix: add RecursionError to both except clauses",
-)
 async def test_deeply_nested_message_gets_an_error_not_an_abort(jp_serverapp, jp_fetch, jp_ws_fetch):
     sid = json.loads((await jp_fetch("loquilex", "api", "sessions", method="POST", body=json.dumps({"source": {"kind": "push"}}))).body)["id"]
     conn = await Conn.open(jp_ws_fetch, sid)
@@ -430,7 +423,6 @@ async def test_deeply_nested_message_gets_an_error_not_an_abort(jp_serverapp, jp
         await jp_fetch("loquilex", "api", "sessions", sid, method="DELETE")
 
 
-@pytest.mark.xfail(strict=True, reason="the same RecursionError in handlers.py _hello (202-211): the socket is aborted, not closed with 1008")
 async def test_deeply_nested_first_message_closes_1008(jp_serverapp, jp_fetch, jp_ws_fetch):
     sid = json.loads((await jp_fetch("loquilex", "api", "sessions", method="POST", body=json.dumps({"source": {"kind": "push"}}))).body)["id"]
     ws = await jp_ws_fetch("loquilex", "api", "sessions", sid, "events")
@@ -443,24 +435,12 @@ async def test_deeply_nested_first_message_closes_1008(jp_serverapp, jp_fetch, j
         await jp_fetch("loquilex", "api", "sessions", sid, method="DELETE")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="handlers.py:63-65 SessionsHandler.post catches only ValueError around json.loads; a deeply "
-    "nested body raises RecursionError -> 500. Fix: except (ValueError, RecursionError)",
-)
 async def test_deeply_nested_body_is_400(jp_serverapp, jp_fetch):
     with pytest.raises(HTTPClientError) as e:
         await jp_fetch("loquilex", "api", "sessions", method="POST", body=DEEP)
     assert e.value.code == 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="manager.py:126 prepare() turns only ValueError/TypeError from build_config into 400; the "
-    "OSErrors of the file system (ENAMETOOLONG for a >255-byte path or out name, EEXIST/ENOTDIR "
-    "when out names an existing file) escape as 500. Fix: except (ValueError, TypeError, OSError) "
-    "and report the path relative to the root",
-)
 @pytest.mark.parametrize(
     "body",
     [

@@ -204,14 +204,6 @@ async def test_sigkilled_kernel_stops_its_sessions(jp_serverapp, jp_fetch, kerne
 
 
 @pytest.mark.parametrize("jp_server_config", [{"stop_on_kernel_restart": False}], indirect=True, ids=["keep-on-restart"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="manager.py:193 (_orphaned_owners) treats a changed kernel pid as a dead kernel, so the "
-    "sweep stops a kernel's sessions on every restart even with stop_on_kernel_restart=False "
-    "(app.py:64 only unhooks the event listener). Fix: pass stop_on_kernel_restart to the "
-    "SessionManager and, when False, on a pid change of a live kernel just record the new pid "
-    "(self._owner_pids[kid] = now_pid) instead of stopping",
-)
 async def test_stop_on_kernel_restart_false_keeps_sessions(jp_serverapp, jp_fetch, kernels):
     kid = await kernels()
     owned = await post_session(jp_fetch, {"source": {"kind": "push"}, "kernel_id": kid})

@@ -340,14 +340,6 @@ async def test_resume_within_window_loses_and_duplicates_nothing(jp_serverapp, j
     assert await feeder.closed() == (1000, "session ended")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hub.py:211 (Channel.attach) honours a resume_token only through a pin, and pins are "
-    "made in detach (on_close); a client that reconnects before the server noticed the old "
-    "socket died (half-open TCP, or just a fast reconnect) gets a gap although every event is "
-    "still in the log. Fix: in attach, also accept the token of a live connection of this "
-    "channel (treat it as pinned and close the superseded connection)",
-)
 async def test_resume_before_the_server_noticed_the_drop(jp_serverapp, jp_fetch, jp_ws_fetch, manager):
     sid = (await post_session(jp_fetch, {"source": {"kind": "push"}}))["id"]
     session = manager.supervisor.get(sid)
@@ -470,14 +462,6 @@ async def test_heartbeats_and_the_silent_client_timeout(jp_serverapp, jp_fetch, 
 
 
 @server_config(heartbeat_interval=2.0, heartbeat_timeout=1.0)  # events come far more often than 2 s
-@pytest.mark.xfail(
-    strict=True,
-    reason="hub.py:141 (Connection._sender) reaches the heartbeat-timeout check in _heartbeat() "
-    "(hub.py:157) only after the queue sat empty for a whole hb_interval; while a "
-    "session emits events more often than that, a silent (dead, half-open) client is never "
-    "timed out (and gets no hb). Fix: check `time.monotonic() - last_recv > hb_timeout` on "
-    "every loop turn of the sender (or in a separate timer), not only on the idle timeout",
-)
 async def test_silent_client_times_out_while_events_flow(jp_serverapp, jp_fetch, jp_ws_fetch, manager):
     sid = (await post_session(jp_fetch, {"source": {"kind": "push"}}))["id"]
     session = manager.supervisor.get(sid)
@@ -761,13 +745,6 @@ async def test_oversized_messages_get_too_big_errors(jp_serverapp, jp_fetch, jp_
 
 
 @server_config(max_message_bytes=1000)
-@pytest.mark.xfail(
-    strict=True,
-    reason="handlers.py:164 compares len(message) to max_message_bytes; for a text frame that is "
-    "characters, not bytes, so 600 'é' (1200 bytes of UTF-8) pass a 1000-byte limit (same in "
-    "_hello, handlers.py:200). Fix: measure len(message.encode()) for str messages (or take the "
-    "frame length before decoding)",
-)
 async def test_message_size_limit_counts_bytes(jp_serverapp, jp_fetch, jp_ws_fetch):
     sid = (await post_session(jp_fetch, {"source": {"kind": "push"}}))["id"]
     c = await Client.connect(jp_ws_fetch, sid)
@@ -929,11 +906,6 @@ async def test_rest_surface(jp_serverapp, jp_fetch, jp_ws_fetch, speech, manager
     assert r.body.startswith(b"WEBVTT")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="handlers.py:119-120 CaptionsHandler sets Content-Type then calls APIHandler.finish(), "
-    "which resets it to application/json; fix: self.finish(text, set_content_type=ctype)",
-)
 async def test_caption_downloads_carry_their_content_type(jp_serverapp, jp_fetch, jp_ws_fetch, speech):
     filed = await post_session(jp_fetch, {"source": {"kind": "file", "path": speech, "realtime": False}})
     ws = await Client.connect(jp_ws_fetch, filed["id"])

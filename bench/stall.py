@@ -1,0 +1,248 @@
+"""Section 3b of bench/run.py: server memory with one stalled WebSocket client.
+
+A stalled client connects, sends `hello` and never reads again, while a file session
+produces events. The server's per-connection send queue is bounded (`send_queue_limit`);
+when it is full the client is cut off with close code 4008. We sample the jupyter server's
+RSS every second and watch the stalled connection's server-side socket to see when it goes.
+
+The stalled client is a raw socket with a small receive buffer (`SO_RCVBUF`), so the kernel
+does not absorb megabytes on its behalf and the server's queue fills within the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from measure import summary
+
+RCVBUF = 4096
+CUT_CLOSE_WAIT_S = 5.0  # tornado waits this long for the peer's close frame, then aborts
+
+
+class StalledClient:
+    """A WebSocket client that sends hello and then never reads (until `drain()`)."""
+
+    def __init__(self, port: int, path: str, token: str, rcvbuf: int = RCVBUF) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: sets the window
+        self.sock.settimeout(10)
+        self.sock.connect(("127.0.0.1", port))
+        self.local_port = self.sock.getsockname()[1]
+        key = base64.b64encode(os.urandom(16)).decode()
+        req = (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: token {token}\r\n\r\n"
+        )
+        self.sock.sendall(req.encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise RuntimeError(f"stalled client: connection closed during the handshake: {buf[:200]!r}")
+            buf += chunk
+        head, self.rest = buf.split(b"\r\n\r\n", 1)
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise RuntimeError(f"stalled client: upgrade refused: {head[:200]!r}")
+        self.send_text(json.dumps({"type": "hello", "last_seq": 0}))
+
+    def send_text(self, text: str) -> None:
+        data = text.encode()
+        mask = os.urandom(4)
+        n = len(data)
+        header = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n))
+        self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+    def drain(self, timeout: float = 3.0) -> dict:
+        """Read whatever reached us, until EOF or `timeout` of silence; parse the frames."""
+        self.sock.settimeout(timeout)
+        buf = self.rest
+        eof = False
+        while True:
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except (socket.timeout, TimeoutError):
+                break
+            except OSError:
+                eof = True
+                break
+            if not chunk:
+                eof = True
+                break
+            buf += chunk
+        frames, close_code, types, last_seq = 0, None, {}, 0
+        i = 0
+        while i + 2 <= len(buf):
+            op = buf[i] & 0x0F
+            n = buf[i + 1] & 0x7F
+            j = i + 2
+            if n == 126:
+                if j + 2 > len(buf):
+                    break
+                n = struct.unpack(">H", buf[j : j + 2])[0]
+                j += 2
+            elif n == 127:
+                if j + 8 > len(buf):
+                    break
+                n = struct.unpack(">Q", buf[j : j + 8])[0]
+                j += 8
+            if j + n > len(buf):
+                break  # a frame cut short by the abort
+            payload = buf[j : j + n]
+            i = j + n
+            if op == 0x8:
+                close_code = struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else 1005
+                continue
+            if op == 0x1:
+                frames += 1
+                try:
+                    env = json.loads(payload)
+                    types[env["type"]] = types.get(env["type"], 0) + 1
+                    last_seq = max(last_seq, env.get("seq") or 0)
+                except ValueError:
+                    pass
+        return {"frames": frames, "bytes": len(buf), "types": types, "last_seq": last_seq, "close_code": close_code, "eof": eof, "trailing_bytes": len(buf) - i}
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def server_socket_of(pid: int, server_port: int, client_port: int) -> bool:
+    """Does the server process still hold the socket of the client at 127.0.0.1:client_port?"""
+    try:
+        for c in psutil.Process(pid).net_connections(kind="tcp"):
+            if c.raddr and c.raddr.port == client_port and c.laddr and c.laddr.port == server_port:
+                return True
+    except psutil.Error:
+        return False
+    return False
+
+
+async def read_all_events(srv, sid: str) -> dict:
+    ws = await srv.ws(sid)
+    await ws.write_message(json.dumps({"type": "hello", "last_seq": 0}))
+    seqs, n_bytes, close = [], 0, None
+    t_first = None
+    while True:
+        msg = await ws.read_message()
+        if msg is None:
+            close = ws.close_code
+            break
+        n_bytes += len(msg)
+        env = json.loads(msg)
+        if env.get("seq"):
+            seqs.append(env["seq"])
+            t_first = t_first or time.monotonic()
+        if env["type"] == "eos":
+            msg = await asyncio.wait_for(ws.read_message(), 5)
+            close = ws.close_code if msg is None else "open after eos"
+            break
+    ws.close()
+    return {"events": len(seqs), "last_seq": max(seqs, default=0), "in_order": seqs == sorted(set(seqs)), "bytes": n_bytes, "close": close, "t_end": time.monotonic(), "t_first": t_first}
+
+
+async def run_stall(srv, wav: str, seconds: float, stalled: bool, log: Callable[[str], None], settle_to: Callable, counters: Callable) -> dict:
+    """One run: a non-realtime file session, one healthy reader, and (if `stalled`) a stalled client."""
+    pid = srv.proc.pid
+    proc = psutil.Process(pid)
+    await asyncio.sleep(1.0)
+    base = counters(await srv.resources())
+    rss0 = proc.memory_info().rss
+    t0 = time.monotonic()
+    info = await srv.api("POST", "sessions", {"source": {"kind": "file", "path": wav, "realtime": False}, "partial_interval": 0.1, "formats": ["txt"]})
+    sid = info["id"]
+    client = None
+    if stalled:
+        client = await asyncio.get_running_loop().run_in_executor(None, lambda: StalledClient(srv.port, f"/loquilex/api/sessions/{sid}/events", srv.token))
+    reader = asyncio.create_task(read_all_events(srv, sid))
+    samples, watch = [], []
+    released_at = None
+    next_rss = 0.0
+    try:
+        while True:
+            now = time.monotonic() - t0
+            if now >= seconds:
+                break
+            if now >= next_rss:
+                mem = proc.memory_info().rss
+                samples.append({"t_s": round(now, 2), "rss": mem, "fds": proc.num_fds()})
+                next_rss += 1.0
+            if client is not None and released_at is None:
+                held = server_socket_of(pid, srv.port, client.local_port)
+                watch.append(held)
+                if not held:
+                    released_at = now
+                    log(f"  stalled client's socket released by the server at {now:.1f} s")
+            await asyncio.sleep(0.1)
+        healthy = await asyncio.wait_for(reader, 120)
+    finally:
+        reader.cancel()
+    ended = await srv.wait_ended(sid)
+    drained = None
+    if client is not None:
+        drained = await asyncio.get_running_loop().run_in_executor(None, client.drain)
+        client.close()
+    after, settle_s, back = await settle_to(srv, base)
+    rss = [s["rss"] for s in samples]
+    out = {
+        "stalled_client": stalled,
+        "session": {"id": sid, "events": ended["last_seq"], "finals": ended["finals"], "end": ended["end"]["kind"]},
+        "healthy_client": {**{k: v for k, v in healthy.items() if not k.startswith("t_")}, "missing": ended["last_seq"] - healthy["events"], "done_at_s": round(healthy["t_end"] - t0, 2)},
+        "rss_before": rss0,
+        "rss_max": max(rss, default=rss0),
+        "rss_end": rss[-1] if rss else rss0,
+        "rss_growth": (rss[-1] - rss0) if rss else 0,
+        "rss_curve": samples,
+        "baseline": base,
+        "after": after,
+        "back_to_baseline": back,
+        "settle_s": round(settle_s, 2),
+        "residual": {k: after[k] - base[k] for k in ("fds", "sockets", "tasks", "threads", "children") if after.get(k) is not None and base.get(k) is not None},
+    }
+    if client is not None:
+        out["cut"] = {
+            "socket_released_at_s": None if released_at is None else round(released_at, 2),
+            "overflow_at_s_estimate": None if released_at is None else round(max(0.0, released_at - CUT_CLOSE_WAIT_S), 2),
+            "client_view": drained,
+            "client_saw_4008": drained is not None and drained["close_code"] == 4008,
+        }
+    return out
+
+
+async def bench_stall(srv, seconds: float, parts: list[Path], control: bool, log: Callable[[str], None], settle_to: Callable, counters: Callable, concat_wav: Callable) -> dict:
+    audio_s = concat_wav(srv.root / "stall.wav", parts)
+    limit = srv.extra.get("send_queue_limit")
+    log(f"  stalled client: {audio_s:.0f} s of audio, send_queue_limit={limit}, sampling {seconds:.0f} s")
+    runs = {"stalled": await run_stall(srv, "stall.wav", seconds, True, log, settle_to, counters)}
+    if control:
+        log("  the same without the stalled client (control)")
+        runs["control"] = await run_stall(srv, "stall.wav", seconds, False, log, settle_to, counters)
+    s = runs["stalled"]
+    out = {
+        "send_queue_limit": limit,
+        "audio_s": round(audio_s, 1),
+        "seconds": seconds,
+        "rcvbuf": RCVBUF,
+        "runs": runs,
+        "rss_growth_mib": round(s["rss_growth"] / 2**20, 2),
+        "rss_max_minus_start_mib": round((s["rss_max"] - s["rss_before"]) / 2**20, 2),
+    }
+    if "control" in runs:
+        c = runs["control"]
+        out["control_rss_growth_mib"] = round(c["rss_growth"] / 2**20, 2)
+        out["rss_growth_minus_control_mib"] = round((s["rss_growth"] - c["rss_growth"]) / 2**20, 2)
+        out["rss_end_ratio_vs_control"] = s["rss_end"] / c["rss_end"] if c["rss_end"] else None
+    out["rss_summary_mib"] = summary([x["rss"] / 2**20 for x in s["rss_curve"]])
+    return out
