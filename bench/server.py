@@ -1,15 +1,15 @@
-"""The "Server" section of bench/run.py: loquilex behind a real `jupyter server` subprocess.
+"""Server-side measurements for bench/run.py: loquilex behind a real `jupyter server` child.
 
-    .venv/bin/python bench/server.py [--quick] [--json out.json]   # this section alone
+Every measurement talks to a `python -m jupyter_server` child (127.0.0.1 only, token auth, only
+the loquilex extension enabled) started by bench/run.py and terminated in a `finally`:
 
-Every measurement talks to a `python -m jupyter_server` child started here (127.0.0.1 only,
-token auth) and terminated in a `finally`:
+- fan-out: replay of an ended non-realtime file session to 1/4/16 WebSocket clients at once,
+  against a bare Tornado WebSocket server writing the same pre-serialised frames;
+- end-to-end final-caption latency of a push session fed in real time over the WebSocket;
+- per-session server overhead (fds, sockets, tasks, threads, RSS) and idle CPU with N push sessions;
+- REST create/stop cycles with server counters before/after and an RSS curve.
 
-1. fan-out: replay of ended non-realtime file sessions to 1/4/16 WebSocket clients at once,
-   against a bare Tornado WebSocket server writing the same pre-serialised frames;
-2. end-to-end final-caption latency of a push session fed in real time over the WebSocket;
-3. per-session server overhead (fds, sockets, tasks, threads, RSS) with N push sessions;
-4. REST create/stop cycles with server counters before/after and an RSS curve.
+The stalled-client memory run is in stall.py, the fault matrix in faults.py.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import wave
@@ -94,10 +93,11 @@ def delta(after: dict, before: dict, keys=COUNTERS) -> dict:
 class JupyterServer:
     """`python -m jupyter_server` on a free 127.0.0.1 port; always terminated by `stop()`."""
 
-    def __init__(self, root: Path, name: str, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, root: Path, name: str, extra: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> None:
         self.root = root
         self.name = name
         self.extra = extra or {}
+        self.env = env or {}
         self.port = free_port()
         self.token = secrets.token_hex(24)
         self.base = f"http://127.0.0.1:{self.port}/"
@@ -118,6 +118,9 @@ class JupyterServer:
             "--port", str(self.port), "--ServerApp.port_retries=0",
             f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
             "--LoquilexApp.max_sessions=64",
+            # only our extension: faster start, and nothing else's tasks or fds in the counters
+            "--ServerApp.jpserver_extensions={'jupyter_server_ext': True, 'jupyterlab': False, 'jupyter_lsp': False, "
+            "'notebook_shim': False, 'jupyter_server_terminals': False}",
         ]
         argv += [f"--LoquilexApp.{k}={v}" for k, v in self.extra.items()]
         return argv
@@ -126,6 +129,7 @@ class JupyterServer:
         env = dict(os.environ)
         env["HF_HUB_OFFLINE"] = "1"
         env["JUPYTER_RUNTIME_DIR"] = str(self.root.parent / f"runtime-{self.name}")
+        env.update(self.env)
         t0 = time.monotonic()
         self._log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.argv(), stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=str(self.root))
@@ -514,8 +518,8 @@ def read_pcm(path: Path) -> bytes:
         return w.readframes(w.getnframes())
 
 
-async def bench_latency(srv: JupyterServer, log: Callable) -> dict:
-    pcm = read_pcm(SPEECH)
+async def bench_latency(srv: JupyterServer, log: Callable, wav: Path = SPEECH) -> dict:
+    pcm = read_pcm(wav)
     step = int(16000 * CHUNK_S) * 2
     chunks = [pcm[i : i + step] for i in range(0, len(pcm), step)]
     audio_chunks = len(chunks)
@@ -584,6 +588,7 @@ async def bench_latency(srv: JupyterServer, log: Callable) -> dict:
     pacing = [sent_at[i] - (sent_at[0] + i * CHUNK_S) for i in range(len(sent_at))]
     log(f"  latency: {len(e2e)} finals, e2e p50 {summary(e2e)['p50']}, worker p50 {summary(worker)['p50']}")
     return {
+        "file": str(wav.relative_to(REPO)),
         "audio_s": audio_chunks * CHUNK_S,
         "chunks": len(chunks),
         "silence_tail_s": SILENCE_TAIL_S,
@@ -622,10 +627,31 @@ async def gather_limited(coros, limit: int) -> list:
     return await asyncio.gather(*(one(c) for c in coros))
 
 
-async def bench_overhead(srv: JupyterServer, sizes: tuple[int, ...], log: Callable) -> dict:
+def cpu_of(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_s(pid)
+        except psutil.Error:
+            pass
+    return total
+
+
+async def idle_cpu(srv: JupyterServer, worker_pids: list[int], seconds: float) -> dict:
+    """CPU seconds of the server process itself (workers excluded) and of the workers over `seconds` of idling."""
+    s0, w0, t0 = cpu_s(srv.proc.pid), cpu_of(worker_pids), time.monotonic()
+    await asyncio.sleep(seconds)
+    s1, w1, t1 = cpu_s(srv.proc.pid), cpu_of(worker_pids), time.monotonic()
+    wall = t1 - t0
+    return {"wall_s": round(wall, 3), "server_cpu_s": round(s1 - s0, 4), "server_cpu_pct": round(100 * (s1 - s0) / wall, 3), "workers_cpu_s": round(w1 - w0, 3), "workers_cpu_pct": round(100 * (w1 - w0) / wall, 2)}
+
+
+async def bench_overhead(srv: JupyterServer, sizes: tuple[int, ...], log: Callable, idle_s: float = 10.0) -> dict:
     out: dict = {}
     await asyncio.sleep(SETTLE_S)
     first_baseline = counters(await srv.resources())
+    idle0 = await idle_cpu(srv, [], idle_s)  # the reference: the same server with no session
+    log(f"  idle server, no session: {idle0['server_cpu_s'] * 1000:.0f} ms CPU in {idle0['wall_s']:.1f} s")
     for n in sizes:
         await asyncio.sleep(SETTLE_S)
         base = counters(await srv.resources())
@@ -657,6 +683,7 @@ async def bench_overhead(srv: JupyterServer, sizes: tuple[int, ...], log: Callab
             all_running_s = time.monotonic() - t0
             await asyncio.sleep(SETTLE_S)
             loaded = counters(await srv.resources())
+            idle = await idle_cpu(srv, [i["pid"] for i in infos], idle_s)
             t1 = time.monotonic()
             stopped = await gather_limited((srv.api("DELETE", f"sessions/{sid}") for sid in sids), 64)
             stop_s = time.monotonic() - t1
@@ -670,6 +697,9 @@ async def bench_overhead(srv: JupyterServer, sizes: tuple[int, ...], log: Callab
             "baseline": base,
             "loaded": loaded,
             "per_session": {k: (v / n if v is not None else None) for k, v in d.items()},
+            "idle": idle,
+            "idle_server_cpu_per_session_ms_per_s": round(1000 * max(0.0, idle["server_cpu_s"] - idle0["server_cpu_s"] * idle["wall_s"] / idle0["wall_s"]) / n / idle["wall_s"], 4),
+            "idle_server_cpu_ratio_vs_no_sessions": (idle["server_cpu_s"] / idle0["server_cpu_s"]) if idle0["server_cpu_s"] else None,
             "create_s": round(create_s, 3),
             "all_running_s": round(all_running_s, 3),
             "stop_all_s": round(stop_s, 3),
@@ -682,12 +712,13 @@ async def bench_overhead(srv: JupyterServer, sizes: tuple[int, ...], log: Callab
         }
         out[str(n)] = row
         ps = row["per_session"]
-        log(f"  {n} sessions: per session fds {ps['fds']:.2f} tasks {ps['tasks']:.2f} threads {ps['threads']:.2f} rss {ps['rss'] / 1024:.0f} KiB; back to baseline: {back} ({settle_s:.1f} s) residual {row['residual']}")
-    return {"first_baseline": first_baseline, "sizes": out}
+        log(f"  {n} sessions: per session fds {ps['fds']:.2f} tasks {ps['tasks']:.2f} threads {ps['threads']:.2f} rss {ps['rss'] / 1024:.0f} KiB; "
+            f"idle server CPU {idle['server_cpu_s'] * 1000:.0f} ms in {idle['wall_s']:.1f} s (workers {idle['workers_cpu_pct']:.0f}% of a core); back to baseline: {back} ({settle_s:.1f} s) residual {row['residual']}")
+    return {"first_baseline": first_baseline, "idle_s": idle_s, "idle_no_sessions": idle0, "sizes": out}
 
 
 # -- 4. create/stop cycles ----------------------------------------------------------------
-async def bench_cycles(srv: JupyterServer, target: int, deadline: float, log: Callable, in_flight: int = 3) -> dict:
+async def bench_cycles(srv: JupyterServer, target: int, deadline: float, log: Callable, in_flight: int = 3, every: int = 100) -> dict:
     await asyncio.sleep(SETTLE_S)
     base = counters(await srv.resources())
     curve = [{"cycles": 0, **{k: base[k] for k in ("rss", "fds", "threads", "tasks", "children")}}]
@@ -714,10 +745,11 @@ async def bench_cycles(srv: JupyterServer, target: int, deadline: float, log: Ca
             else:
                 kinds[(end.get("end") or {}).get("kind")] += 1
             state["done"] += 1
-            if state["done"] % 100 == 0:
+            if state["done"] % every == 0:
                 c = counters(await srv.resources())
                 curve.append({"cycles": state["done"], "t_s": round(time.monotonic() - t0, 1), **{k: c[k] for k in ("rss", "fds", "threads", "tasks", "children")}})
-                log(f"  {state['done']} cycles, {time.monotonic() - t0:.0f} s, server rss {c['rss'] / 2**20:.1f} MiB, fds {c['fds']}, threads {c['threads']}, tasks {c['tasks']}")
+                if state["done"] % max(every, 100) == 0:
+                    log(f"  {state['done']} cycles, {time.monotonic() - t0:.0f} s, server rss {c['rss'] / 2**20:.1f} MiB, fds {c['fds']}, threads {c['threads']}, tasks {c['tasks']}")
 
     await asyncio.gather(*(worker() for _ in range(in_flight)))
     wall = time.monotonic() - t0
@@ -726,6 +758,7 @@ async def bench_cycles(srv: JupyterServer, target: int, deadline: float, log: Ca
     after, settle_s, back = await settle_to(srv, base)
     return {
         "target": target,
+        "curve_every": every,
         "cycles": done,
         "truncated_by_budget": done < target,
         "in_flight": in_flight,
@@ -746,255 +779,13 @@ async def bench_cycles(srv: JupyterServer, target: int, deadline: float, log: Ca
     }
 
 
-# -- the section --------------------------------------------------------------------------
-async def _run(quick: bool, tmp: Path, log: Callable) -> dict:
-    started = time.monotonic()
-    deadline = started + SECTION_BUDGET_S
-    out: dict = {"budget_s": SECTION_BUDGET_S, "servers": {}, "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
-
-    async def with_server(name: str, extra: dict, body):
-        root = tmp / f"root-{name}"
-        root.mkdir(parents=True, exist_ok=True)
-        srv = JupyterServer(root, name, extra)
-        try:
-            await srv.start()
-            log(f" jupyter server '{name}' up in {srv.started_s:.2f} s on 127.0.0.1:{srv.port}")
-            t = time.monotonic()
-            result = await body(srv)
-            result["elapsed_s"] = round(time.monotonic() - t, 1)
-            return result
-        except Exception as exc:  # one failed part must not lose the rest of the bench
-            log(f" server part '{name}' FAILED: {exc!r}")
-            return {"error": f"{type(exc).__name__}: {exc}"[:2000]}
-        finally:
-            srv.http.close()
-            info = await asyncio.get_running_loop().run_in_executor(None, srv.stop)
-            info["start_s"] = None if srv.started_s is None else round(srv.started_s, 2)
-            out["servers"][name] = info
-
-    # the fan-out server keeps ended sessions for the whole measurement
-    log(" fan-out (replay to 1/4/16 clients) and end-to-end latency")
-    out["fanout"] = await with_server(
-        "fanout", {"replay_capacity": 100000, "replay_window": 600.0},
-        lambda srv: bench_fanout(srv, tmp, quick, log),
-    )
-    out["latency"] = await with_server("latency", {}, lambda srv: bench_latency(srv, log))
-    sizes = (10,) if quick else (10, 50)
-    log(f" per-session overhead with {sizes} push sessions")
-    out["overhead"] = await with_server("overhead", {}, lambda srv: bench_overhead(srv, sizes, log))
-    target = 50 if quick else 1000
-    reserve = 25.0  # settle + server shutdown after the cycles
-    log(f" create/stop cycles x{target} (budget: section ends by {SECTION_BUDGET_S:.0f} s)")
-    out["cycles"] = await with_server("cycles", {}, lambda srv: bench_cycles(srv, target, deadline - reserve if not quick else float("inf"), log))
-    out["elapsed_s"] = round(time.monotonic() - started, 1)
-    out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    return out
-
-
-def bench_server(quick: bool, tmp: Path, log: Callable = _log_default) -> dict:
-    """Entry point for bench/run.py: results["server"]."""
-    tmp = Path(tmp) / "server"
-    tmp.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_run(quick, tmp, log))
-
-
-# -- rendering ----------------------------------------------------------------------------
-def _mib(x: float | None) -> str:
-    return "–" if x is None else f"{x / 2**20:.1f} MiB"
-
-
-def _kib(x: float | None) -> str:
-    return "–" if x is None else f"{x / 1024:.0f} KiB"
-
-
-def _n(x: float | None, d: int = 2) -> str:
-    return "–" if x is None else f"{x:.{d}f}"
-
-
-def _residual(r: dict) -> str:
-    parts = [f"{k} {v:+d}" for k, v in r.items() if k != "rss" and v]
-    return ", ".join(parts) or "none"
-
-
-FANOUT_HEAD = ["clients", "ours events/s", "bare (thread) events/s", "ours ÷ bare", "bare (process) events/s", "ours ÷ bare (process)", "server CPU/frame ours / bare (process)", "CPU ÷ bare", "connect → first frame p50, ours / bare (thread)"]
-LATENCY_HEAD = ["measure", "n", "p50", "p90", "min … max"]
-OVERHEAD_HEAD = ["sessions", "fds / session", "sockets / session", "tasks / session", "threads / session", "server RSS / session", "all running after", "DELETE all", "back to baseline"]
-CYCLES_HEAD = ["cycles", "wall", "cycles/s", "POST p50 / p90", "DELETE p50 / p90", "end", "fds", "threads", "tasks", "children", "server RSS", "back to baseline"]
-
-
-def fanout_rows(s: dict) -> list[list[str]]:
-    rows = []
-    for n, r in s["fanout"]["clients"].items():
-        rows.append([
-            n, f"{r['ours']['events_per_s']:.0f}", f"{r['bare_thread']['events_per_s']:.0f}", f"{r['ratio_vs_bare_thread']:.2f}×",
-            f"{r['bare_process']['events_per_s']:.0f}", f"{r['ratio_vs_bare_process']:.2f}×",
-            f"{r['ours']['server_cpu_us_per_frame']:.0f} / {r['bare_process']['server_cpu_us_per_frame']:.0f} µs", f"{r['cpu_ratio_vs_bare_process']:.2f}×",
-            f"{r['ours']['connect_to_first_frame_p50_s'] * 1000:.1f} / {r['bare_thread']['connect_to_first_frame_p50_s'] * 1000:.1f} ms",
-        ])
-    return rows
-
-
-def latency_rows(s: dict) -> list[list[str]]:
-    from report import _ms
-
-    lat = s["latency"]
-    rows = []
-    for key, label in (("e2e_s", "client: final received − chunk with t1 sent"), ("worker_latency_s", "worker `data.latency`"), ("delivery_s", "worker emit → client receive"), ("e2e_minus_worker_s", "client e2e − worker latency, per final"), ("send_lag_s", "client pacing lag (sent − schedule)")):
-        x = lat[key]
-        rows.append([label, str(x["n"]), _ms(x["p50"]), _ms(x["p90"]), f"{_ms(x['min'])} … {_ms(x['max'])}"])
-    return rows
-
-
-def overhead_rows(s: dict) -> list[list[str]]:
-    rows = []
-    for n, r in s["overhead"]["sizes"].items():
-        p = r["per_session"]
-        rows.append([
-            n, _n(p["fds"]), _n(p["sockets"]), _n(p["tasks"]), _n(p["threads"]), _kib(p["rss"]),
-            f"{r['all_running_s']:.1f} s", f"{r['stop_all_s']:.2f} s",
-            ("yes" if r["back_to_baseline"] else "NO") + f" ({r['settle_s']:.1f} s; residual {_residual(r['residual'])}; RSS {r['residual']['rss'] / 2**20:+.1f} MiB)",
-        ])
-    return rows
-
-
-def cycles_rows(s: dict) -> list[list[str]]:
-    from report import _ms
-
-    c = s["cycles"]
-    b, a = c["baseline"], c["after"]
-    kinds = ", ".join(f"{k}×{v}" for k, v in sorted(c["end_kinds"].items(), key=lambda kv: str(kv[0])))
-    if c["errors"]:
-        kinds += "; errors " + ", ".join(f"{k}×{v}" for k, v in c["errors"].items())
-    arrow = lambda k: f"{b[k]} → {a[k]}"  # noqa: E731
-    return [[
-        f"{c['cycles']}" + (f" (of {c['target']}, time budget)" if c["truncated_by_budget"] else ""),
-        f"{c['wall_s']:.0f} s", _n(c["cycles_per_s"]),
-        f"{_ms(c['post_s']['p50'])} / {_ms(c['post_s']['p90'])}", f"{_ms(c['delete_s']['p50'])} / {_ms(c['delete_s']['p90'])}",
-        kinds, arrow("fds"), arrow("threads"), arrow("tasks"), arrow("children"), f"{_mib(b['rss'])} → {_mib(a['rss'])}",
-        ("yes" if c["back_to_baseline"] else "NO") + f" ({c['settle_s']:.1f} s)",
-    ]]
-
-
-def _shutdowns(s: dict) -> str:
-    parts = []
-    for name, info in s["servers"].items():
-        if not info:
-            continue
-        bad = "" if info["children_left"] == 0 and not info["needed_sigkill"] else f", {info['children_left']} workers left, sigkill={info['needed_sigkill']}"
-        logp = f", {len(info['log_problems'])} error lines in its log" if info["log_problems"] else ""
-        parts.append(f"{name}: start {info['start_s']} s, SIGTERM → exit {info['took_s']:.2f} s (code {info['exit_code']}, {info['children_at_stop']} workers at stop{bad}){logp}")
-    return "; ".join(parts)
-
-
-def _failed(s: dict, key: str) -> str | None:
-    part = s.get(key) or {}
-    return f"FAILED: {part['error']}" if "error" in part else None
-
-
-def render_text(s: dict) -> str:
-    from report import _table_text
-
-    c = s["cycles"]
-    curve = "" if _failed(s, "cycles") else f"\nRSS every 100 cycles (MiB): {c['rss_curve_mib']}"
-    return "\n\n".join([
-        f"Server (jupyter server subprocess; section took {s['elapsed_s']:.0f} s, load avg {s['loadavg_start'][0]} → {s['loadavg_end'][0]})\n" + (_failed(s, "fanout") or _table_text(FANOUT_HEAD, fanout_rows(s))),
-        "Server: end-to-end final latency (push, real-time paced)\n" + (_failed(s, "latency") or _table_text(LATENCY_HEAD, latency_rows(s))),
-        "Server: per-session overhead\n" + (_failed(s, "overhead") or _table_text(OVERHEAD_HEAD, overhead_rows(s))),
-        "Server: create/stop cycles\n" + (_failed(s, "cycles") or _table_text(CYCLES_HEAD, cycles_rows(s))) + curve,
-        "Server processes: " + _shutdowns(s),
-    ])
-
-
-def render_markdown(s: dict) -> str:
-    from report import _table_md
-
-    parts = [
-        "## Server",
-        f"Measured against a real `python -m jupyter_server` child per part (127.0.0.1, token auth, "
-        f"`--LoquilexApp.max_sessions=64`), started and terminated by the bench; the section took {s['elapsed_s']:.0f} s "
-        f"(load average {s['loadavg_start'][0]} → {s['loadavg_end'][0]}). Wall-clock figures; other load on the machine moves them.",
-        "### Fan-out throughput (replay to N clients)",
-    ]
-    f, lat, c = s["fanout"], s["latency"], s["cycles"]
-    if _failed(s, "fanout"):
-        parts.append(_failed(s, "fanout"))
-    else:
-        closes = f["server_closed_after_replayed_eos"]
-        closed = sum(1 for x in closes if x["closed"])
-        parts += [
-            _table_md(FANOUT_HEAD, fanout_rows(s)),
-            f"- one ended non-realtime file session on {f['file_parts']} concatenated ({f['audio_s']:.0f} s of audio; "
-            "`partial_interval` 0.1 so the batch schedule replays many partials; server started with `replay_capacity=100000`, "
-            f"`replay_window=600`): {sum(f['frames_per_session'])} frames per client ({f['frame_types'].get('asr.partial', 0) // max(1, f['sessions'])} partials), "
-            f"{f['frame_bytes']['p50']:.0f} bytes median. For each N, N clients connect at once with `hello {{last_seq: 0}}` and "
-            "read every frame up to `eos` (not parsed: the clients share one Python thread and would otherwise be the bottleneck); "
-            "events/s = frames received by all clients (welcome included) ÷ wall time from the first connect to the last `eos`; "
-            "each round repeats the N-client fan-out 16/N times so every round moves the same frames; "
-            f"median of {f['rounds']} rounds, ratios are the median of per-round pairs (ours and the reference run back to back). "
-            "**server CPU/frame**: user+system CPU of the serving process (the jupyter server; the bare child) over the round ÷ frames "
-            "— less sensitive to other load on the machine than events/s.",
-            "- **bare**: a Tornado `WebSocketHandler` writing the very frames our server sent (captured), pre-serialised, with "
-            "`await self.write_message(...)` after the client's hello; **thread** = in the bench process on its own thread and "
-            "event loop (shares the GIL with the clients), **process** = the same app in a child process (like the jupyter "
-            "server). Ours also serialises each envelope per connection and runs jupyter's auth on the upgrade.",
-            f"- after a replayed `eos` the server closed the socket in {closed} of {len(closes)} cases "
-            "(the protocol says 1000 after `eos`).",
-        ]
-    parts.append("### End-to-end final-caption latency")
-    if _failed(s, "latency"):
-        parts.append(_failed(s, "latency"))
-    else:
-        parts += [
-            _table_md(LATENCY_HEAD, latency_rows(s)),
-            f"- a push session; after its `status running` the client sends `speech.wav` ({lat['audio_s']:.1f} s) as int16 PCM "
-            f"binary frames of {CHUNK_S * 1000:.0f} ms paced to the clock, then {lat['silence_tail_s']:g} s of zero samples "
-            "(a live microphone keeps going), then `stop`, reading events all along. Per `asr.final`: client receive time − "
-            "client send time of the chunk holding the final's `t1`. "
-            f"{lat['finals']} finals, of which {lat['finals_after_stop']} arrived after the stop (excluded). "
-            "Worker `data.latency` (last audio of the utterance reached the worker → final emitted) for comparison; "
-            "**worker emit → client** is the event's `t_mono` to the client's receive time (same host clock). "
-            f"The socket closed with {lat['close'].get('code')} after `eos`.",
-        ]
-    parts.append("### Per-session server overhead")
-    if _failed(s, "overhead"):
-        parts.append(_failed(s, "overhead"))
-    else:
-        parts += [
-            _table_md(OVERHEAD_HEAD, overhead_rows(s)),
-            "- `GET loquilex/api/resources` (the jupyter server process's own counters: fds, sockets, asyncio tasks, threads, "
-            "RSS) before, and with N push sessions running (all past `status running`, one WebSocket client each, after "
-            f"{SETTLE_S:g} s); per-session = difference ÷ N. Then DELETE all, wait for every socket's close, and poll until fds, "
-            f"sockets, tasks, threads and children equal the baseline (up to {BASELINE_TIMEOUT:.0f} s).",
-        ]
-    parts.append("### Create/stop cycles")
-    if _failed(s, "cycles"):
-        parts.append(_failed(s, "cycles"))
-    else:
-        parts += [
-            _table_md(CYCLES_HEAD, cycles_rows(s)),
-            f"- POST a push session then DELETE it, {c['in_flight']} cycles in flight; counters before and after "
-            f"(after settling). Server RSS every 100 cycles (MiB): {c['rss_curve_mib']}.",
-        ]
-    parts.append("- server processes: " + _shutdowns(s))
-    return "\n\n".join(parts)
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Only the bare reference server's child process (`BareProcess`) runs this file directly."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--bare-serve", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--bare-serve", required=True, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.bare_serve:
-        _bare_serve(args.bare_serve, args.port)
-        return 0
-    with tempfile.TemporaryDirectory(prefix="loquilex-bench-server-") as tmp:
-        result = bench_server(args.quick, Path(tmp))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(render_text(result))
+    _bare_serve(args.bare_serve, args.port)
     return 0
 
 

@@ -26,6 +26,7 @@ import psutil
 from measure import summary
 
 RCVBUF = 4096
+MSS = 1460  # an Ethernet-sized segment: over loopback (MSS 64 KiB) the kernel would buffer ~3 MB for the stalled client
 CUT_CLOSE_WAIT_S = 5.0  # tornado waits this long for the peer's close frame, then aborts
 
 
@@ -35,6 +36,7 @@ class StalledClient:
     def __init__(self, port: int, path: str, token: str, rcvbuf: int = RCVBUF) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: sets the window
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, MSS)
         self.sock.settimeout(10)
         self.sock.connect(("127.0.0.1", port))
         self.local_port = self.sock.getsockname()[1]
@@ -79,7 +81,7 @@ class StalledClient:
                 eof = True
                 break
             buf += chunk
-        frames, close_code, types, last_seq = 0, None, {}, 0
+        frames, close_code, types, last_seq, token, seqs = 0, None, {}, 0, None, []
         i = 0
         while i + 2 <= len(buf):
             op = buf[i] & 0x0F
@@ -107,10 +109,14 @@ class StalledClient:
                 try:
                     env = json.loads(payload)
                     types[env["type"]] = types.get(env["type"], 0) + 1
-                    last_seq = max(last_seq, env.get("seq") or 0)
+                    if env.get("seq"):
+                        seqs.append(env["seq"])
+                        last_seq = max(last_seq, env["seq"])
+                    if env["type"] == "welcome":
+                        token = env["data"]["resume_token"]
                 except ValueError:
                     pass
-        return {"frames": frames, "bytes": len(buf), "types": types, "last_seq": last_seq, "close_code": close_code, "eof": eof, "trailing_bytes": len(buf) - i}
+        return {"frames": frames, "bytes": len(buf), "types": types, "last_seq": last_seq, "close_code": close_code, "eof": eof, "trailing_bytes": len(buf) - i, "resume_token": token, "seqs": seqs}
 
     def close(self) -> None:
         try:
@@ -130,11 +136,70 @@ def server_socket_of(pid: int, server_port: int, client_port: int) -> bool:
     return False
 
 
+async def session_log(srv, sid: str) -> dict[int, str]:
+    """seq -> type of every event the server still holds for an ended session (a late joiner's replay)."""
+    ws = await srv.ws(sid)
+    await ws.write_message(json.dumps({"type": "hello", "last_seq": 0}))
+    out: dict[int, str] = {}
+    while True:
+        msg = await asyncio.wait_for(ws.read_message(), 30)
+        if msg is None:
+            break
+        env = json.loads(msg)
+        if env.get("seq"):
+            out[env["seq"]] = env["type"]
+        if env["type"] == "eos":
+            break
+    ws.close()
+    return out
+
+
+def lost(received: list[int], log: dict[int, str]) -> dict:
+    """Against the session's log: events never received (lost) and partials superseded while queued.
+
+    The server replaces a queued partial by a newer one of the same utterance (latest wins),
+    so a client that falls behind skips partials by design; every other event must arrive.
+    """
+    got = set(received)
+    missing = [s for s in log if s not in got]
+    return {
+        "expected": len(log), "received": len(received), "duplicates": len(received) - len(got),
+        "in_order": received == sorted(got),
+        "lost": sum(1 for s in missing if log[s] != "asr.partial"),
+        "partials_superseded": sum(1 for s in missing if log[s] == "asr.partial"),
+    }
+
+
+async def resume(srv, sid: str, last_seq: int, token: str | None) -> dict:
+    """Reconnect with hello {last_seq, resume_token}; read until eos."""
+    ws = await srv.ws(sid)
+    t0 = time.monotonic()
+    await ws.write_message(json.dumps({"type": "hello", "last_seq": last_seq, "resume_token": token}))
+    seqs, gaps, close = [], 0, None
+    while True:
+        msg = await asyncio.wait_for(ws.read_message(), 30)
+        if msg is None:
+            close = ws.close_code
+            break
+        env = json.loads(msg)
+        if env["type"] == "gap":
+            gaps += 1
+        if env.get("seq"):
+            seqs.append(env["seq"])
+        if env["type"] == "eos":
+            msg = await asyncio.wait_for(ws.read_message(), 5)
+            close = ws.close_code if msg is None else "open after eos"
+            break
+    ws.close()
+    return {"seqs": seqs, "gaps": gaps, "close": close, "took_s": round(time.monotonic() - t0, 3)}
+
+
 async def read_all_events(srv, sid: str) -> dict:
     ws = await srv.ws(sid)
     await ws.write_message(json.dumps({"type": "hello", "last_seq": 0}))
     seqs, n_bytes, close = [], 0, None
     t_first = None
+    t_seq: dict[int, float] = {}
     while True:
         msg = await ws.read_message()
         if msg is None:
@@ -144,13 +209,14 @@ async def read_all_events(srv, sid: str) -> dict:
         env = json.loads(msg)
         if env.get("seq"):
             seqs.append(env["seq"])
+            t_seq[env["seq"]] = time.monotonic()
             t_first = t_first or time.monotonic()
         if env["type"] == "eos":
             msg = await asyncio.wait_for(ws.read_message(), 5)
             close = ws.close_code if msg is None else "open after eos"
             break
     ws.close()
-    return {"events": len(seqs), "last_seq": max(seqs, default=0), "in_order": seqs == sorted(set(seqs)), "bytes": n_bytes, "close": close, "t_end": time.monotonic(), "t_first": t_first}
+    return {"events": len(seqs), "seqs": seqs, "last_seq": max(seqs, default=0), "bytes": n_bytes, "close": close, "t_end": time.monotonic(), "t_first": t_first, "t_seq": t_seq}
 
 
 async def run_stall(srv, wav: str, seconds: float, stalled: bool, log: Callable[[str], None], settle_to: Callable, counters: Callable) -> dict:
@@ -190,16 +256,20 @@ async def run_stall(srv, wav: str, seconds: float, stalled: bool, log: Callable[
     finally:
         reader.cancel()
     ended = await srv.wait_ended(sid)
-    drained = None
+    log_types = await session_log(srv, sid)
+    drained = resumed = None
     if client is not None:
         drained = await asyncio.get_running_loop().run_in_executor(None, client.drain)
         client.close()
+        # the stalled client wakes up and resumes where its last complete frame left off
+        resumed = await resume(srv, sid, drained["last_seq"], drained["resume_token"])
     after, settle_s, back = await settle_to(srv, base)
     rss = [s["rss"] for s in samples]
     out = {
         "stalled_client": stalled,
         "session": {"id": sid, "events": ended["last_seq"], "finals": ended["finals"], "end": ended["end"]["kind"]},
-        "healthy_client": {**{k: v for k, v in healthy.items() if not k.startswith("t_")}, "missing": ended["last_seq"] - healthy["events"], "done_at_s": round(healthy["t_end"] - t0, 2)},
+        "healthy_client": {"events": healthy["events"], "bytes": healthy["bytes"], "close": healthy["close"], **lost(healthy["seqs"], log_types), "done_at_s": round(healthy["t_end"] - t0, 2)},
+        "events_published_at_s": [[round(healthy["t_seq"][q] - t0, 2), q] for q in sorted(healthy["t_seq"])][:: max(1, len(healthy["t_seq"]) // 200)],
         "rss_before": rss0,
         "rss_max": max(rss, default=rss0),
         "rss_end": rss[-1] if rss else rss0,
@@ -212,11 +282,16 @@ async def run_stall(srv, wav: str, seconds: float, stalled: bool, log: Callable[
         "residual": {k: after[k] - base[k] for k in ("fds", "sockets", "tasks", "threads", "children") if after.get(k) is not None and base.get(k) is not None},
     }
     if client is not None:
+        view = {k: v for k, v in drained.items() if k not in ("seqs", "resume_token")}
+        both = drained["seqs"] + resumed["seqs"]
         out["cut"] = {
             "socket_released_at_s": None if released_at is None else round(released_at, 2),
             "overflow_at_s_estimate": None if released_at is None else round(max(0.0, released_at - CUT_CLOSE_WAIT_S), 2),
-            "client_view": drained,
-            "client_saw_4008": drained is not None and drained["close_code"] == 4008,
+            "cut_before_eos": released_at is not None and drained["last_seq"] < ended["last_seq"],
+            "client_view": view,
+            "client_saw_4008": drained["close_code"] == 4008,
+            "resumed": {"events": len(resumed["seqs"]), "gap_messages": resumed["gaps"], "close": resumed["close"], "took_s": resumed["took_s"]},
+            "stalled_client_total": lost(both, log_types),
         }
     return out
 
