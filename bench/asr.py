@@ -47,7 +47,6 @@ def bench_batch(files: list[Path], repeats: int) -> dict:
             "deterministic": len(set(texts)) == 1,
             "text": texts[0],
         }
-    del model
     gc.collect()
     return out
 

@@ -252,6 +252,18 @@ async def run_stall(srv, wav: str, seconds: float, stalled: bool, log: Callable[
                     released_at = now
                     log(f"  stalled client's socket released by the server at {now:.1f} s")
             await asyncio.sleep(0.1)
+        # on a slow machine the cut may come after the sampling window: keep watching the socket
+        # until the session is over and tornado's 5 s close wait has passed
+        settle_until = None
+        while client is not None and released_at is None:
+            if reader.done() and settle_until is None:
+                settle_until = time.monotonic() + CUT_CLOSE_WAIT_S + 2.0
+            if settle_until is not None and time.monotonic() > settle_until:
+                break
+            if not server_socket_of(pid, srv.port, client.local_port):
+                released_at = time.monotonic() - t0
+                log(f"  stalled client's socket released by the server at {released_at:.1f} s (after the sampling window)")
+            await asyncio.sleep(0.1)
         healthy = await asyncio.wait_for(reader, 120)
     finally:
         reader.cancel()
@@ -261,8 +273,11 @@ async def run_stall(srv, wav: str, seconds: float, stalled: bool, log: Callable[
     if client is not None:
         drained = await asyncio.get_running_loop().run_in_executor(None, client.drain)
         client.close()
-        # the stalled client wakes up and resumes where its last complete frame left off
-        resumed = await resume(srv, sid, drained["last_seq"], drained["resume_token"])
+        if "eos" in drained["types"]:
+            resumed = {"seqs": [], "gaps": 0, "close": "not needed (it had everything)", "took_s": 0.0}
+        else:
+            # the stalled client wakes up and resumes where its last complete frame left off
+            resumed = await resume(srv, sid, drained["last_seq"], drained["resume_token"])
     after, settle_s, back = await settle_to(srv, base)
     rss = [s["rss"] for s in samples]
     out = {
@@ -287,7 +302,8 @@ async def run_stall(srv, wav: str, seconds: float, stalled: bool, log: Callable[
         out["cut"] = {
             "socket_released_at_s": None if released_at is None else round(released_at, 2),
             "overflow_at_s_estimate": None if released_at is None else round(max(0.0, released_at - CUT_CLOSE_WAIT_S), 2),
-            "cut_before_eos": released_at is not None and drained["last_seq"] < ended["last_seq"],
+            "cut_before_eos": "eos" not in drained["types"] and drained["close_code"] in (None, 4008),
+            "stalled_last_seq_published_at_s": None if drained["last_seq"] not in healthy["t_seq"] else round(healthy["t_seq"][drained["last_seq"]] - t0, 2),
             "client_view": view,
             "client_saw_4008": drained["close_code"] == 4008,
             "resumed": {"events": len(resumed["seqs"]), "gap_messages": resumed["gaps"], "close": resumed["close"], "took_s": resumed["took_s"]},
