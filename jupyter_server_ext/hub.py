@@ -282,6 +282,12 @@ class Hub:
             self.channels.pop(sid).release()
         return gone
 
+    async def drain(self, timeout: float) -> None:
+        """Wait (bounded) until every connection has sent its eos and closed."""
+        deadline = time.monotonic() + timeout
+        while any(ch.connections for ch in self.channels.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
     async def shutdown(self) -> None:
         self.closing = True
         for ch in list(self.channels.values()):

@@ -23,6 +23,7 @@ log = logging.getLogger("loquilex.server")
 
 KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
 CLIENT_FORBIDDEN = ("model", "output_root", "owner")
+SHUTDOWN_DRAIN = 2.0  # seconds the sockets get to deliver their sessions' last events
 
 
 class BadRequest(ValueError):
@@ -74,8 +75,11 @@ class SessionManager:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
-        await self.hub.shutdown()
+        # sessions first: the finals their stop produces still reach the clients, whose
+        # sockets then close with 1000 after eos; whatever is left is closed with 1001
         await self.supervisor.shutdown()
+        await self.hub.drain(SHUTDOWN_DRAIN)
+        await self.hub.shutdown()
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 

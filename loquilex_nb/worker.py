@@ -264,11 +264,15 @@ def main() -> int:
         emit("status", data={"state": "running", "model_load_s": round(time.monotonic() - t0, 3), "live": live})
 
         def on_event(type_: str, **fields: Any) -> None:
-            if type_ == "asr.partial":
-                writer.partial(fields["text"])
-            elif type_ == "asr.final":
-                writer.final(fields["text"], fields["t0"], fields["t1"])
-            emit(type_, **fields)
+            emit(type_, **fields)  # the event first: a full disk must not swallow it
+            try:
+                if type_ == "asr.partial":
+                    writer.partial(fields["text"])
+                elif type_ == "asr.final":
+                    writer.final(fields["text"], fields["t0"], fields["t1"])
+            except OSError as exc:
+                # the session goes on; the client still gets every caption as an event
+                emit("error", data={"code": "caption-write", "detail": f"{type(exc).__name__}: {exc}"})
             if "crash-after-final" in fault and type_ == "asr.final":
                 os.kill(os.getpid(), signal.SIGKILL)
 
