@@ -25,6 +25,7 @@ log = logging.getLogger("loquilex_nb")
 STDERR_TAIL = 20
 EVENT_LINE_LIMIT = 4 * 1024 * 1024
 KILL_WAIT = 5.0
+STARTUP_ALLOWANCE = 10.0
 
 
 class SessionEnded(RuntimeError):
@@ -131,6 +132,10 @@ class Session:
     async def _stop_ladder(self, grace: float) -> None:
         if self._done.is_set():
             return
+        if self.state == "starting":
+            # still loading its model: a worker with audio to finalize gets time to load it
+            # too (on a loaded machine that alone can exceed the grace)
+            grace += STARTUP_ALLOWANCE
         if self.state in ("starting", "running"):
             self._set_state("stopping")
         started = time.monotonic()
