@@ -5,9 +5,16 @@ Usage::
     with leakcheck(settle=2.0):
         session.start(); session.stop()
 
-Only growth is judged, against a baseline taken at entry, so resources that
-existed before the block (pytest's own capture files, a session-wide server)
-are never blamed on it.
+Only what is new is judged, against a baseline taken at entry, so resources
+that existed before the block (pytest's own capture files, a session-wide
+server) are never blamed on it. "New" means by identity, never by count:
+a thread ident, a native thread id, a child (pid, start time), an fd number
+with its target (``socket:[inode]`` names one socket). Closing an old
+resource therefore cannot hide a new one.
+
+Native threads (a C library's, e.g. zmq's I/O threads) are read from
+``/proc/self/task``. ``NATIVE_THREAD_ALLOWANCE`` lists the only ones
+tolerated: pools a library keeps for the whole process by design.
 """
 
 from __future__ import annotations
@@ -16,11 +23,11 @@ import asyncio
 import gc
 import logging
 import os
-import re
+import socket
 import threading
 import time
+import traceback
 import weakref
-from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,13 +35,15 @@ from typing import Any
 
 import psutil
 
-from .resources import fd_targets, loop_tasks, socket_count
+from .resources import fd_targets, loop_tasks
+from .subreaper import reap_adopted
 
 __all__ = [
     "Baseline",
     "Leak",
     "LeakError",
     "leakcheck",
+    "record_task_stacks",
     "take_baseline",
     "wait_for_settle",
 ]
@@ -43,15 +52,16 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.05
 
-# socket:[123] and pipe:[456] name a fresh inode every time; a block that
-# closes one socket and opens another has not grown, so compare their kind.
-_INODE_TARGET = re.compile(r"^(socket|pipe):\[\d+\]$")
+# (prefix of /proc/self/task/<tid>/comm, why it may appear and stay). Keep it
+# short: every entry is a place a leak could hide.
+NATIVE_THREAD_ALLOWANCE: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
 class Leak:
-    kind: str  # "thread" | "task" | "child" | "fd" | "sockets"
+    kind: str  # "thread" | "native-thread" | "task" | "child" | "fd" | "socket"
     detail: str
+    pid: int | None = None  # for "child": the process, so a caller can reap it
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.detail}"
@@ -73,15 +83,39 @@ class LeakError(AssertionError):
         return (type(self), (self.leaks, self.settle))
 
 
-def _fd_key(target: str) -> str:
-    return _INODE_TARGET.sub(r"\1:", target)
-
-
 def _native_thread_ids() -> set[str] | None:
     try:
         return set(os.listdir("/proc/self/task"))
     except OSError:
         return None
+
+
+def _comm(tid: str) -> str:
+    try:
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def _socket_address(fd: int) -> str:
+    """"local -> peer" of a socket fd of ours, read through a duplicate."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            local = sock.getsockname()
+            try:
+                peer = sock.getpeername()
+            except OSError:
+                peer = None
+    except OSError:
+        return ""
+
+    def fmt(addr: Any) -> str:
+        if isinstance(addr, tuple):
+            return ":".join(map(str, addr[:2]))
+        return str(addr or "") or "-"
+
+    return f"{fmt(local)} -> {fmt(peer)}"
 
 
 def _thread_alive(t: threading.Thread, native: set[str] | None) -> bool:
@@ -117,13 +151,43 @@ def _describe_child(child: psutil.Process) -> str | None:
     return f"pid={child.pid} status={status}{hint} cmdline={cmd!r}"
 
 
+# Where each task was created, for loops under record_task_stacks().
+_TASK_STACKS: weakref.WeakKeyDictionary[asyncio.Task[Any], str] = weakref.WeakKeyDictionary()
+
+
 def _describe_task(task: asyncio.Task[Any]) -> str:
     coro = task.get_coro()
     coro_name = getattr(coro, "__qualname__", type(coro).__name__)
     text = repr(task)
     if len(text) > 200:
         text = text[:197] + "..."
-    return f"name={task.get_name()!r} coro={coro_name} {text}"
+    stack = _TASK_STACKS.get(task)
+    created = f"\n    created at:\n{stack}" if stack else ""
+    return f"name={task.get_name()!r} coro={coro_name} {text}{created}"
+
+
+@contextmanager
+def record_task_stacks(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """Remember where each task of ``loop`` is created, for leak reports."""
+    previous = loop.get_task_factory()
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        if previous is not None:
+            task = previous(loop, coro, **kwargs)
+        else:
+            task = asyncio.Task(coro, loop=loop, **kwargs)
+        frames = traceback.extract_stack(limit=12)[:-1]
+        _TASK_STACKS[task] = "".join(
+            "      " + line for line in traceback.format_list(frames[-6:])
+        ).rstrip()
+        return task
+
+    loop.set_task_factory(factory)
+    try:
+        yield
+    finally:
+        if not loop.is_closed():
+            loop.set_task_factory(previous)
 
 
 @dataclass(frozen=True)
@@ -136,18 +200,21 @@ class Baseline:
     tasks: weakref.WeakSet[asyncio.Task[Any]] | None
     children: frozenset[tuple[int, float]]
     fds: dict[int, str]
-    sockets: int
+    native_threads: frozenset[str] | None = None
     allow_threads: tuple[str, ...] = ()
     taken_at: float = field(default_factory=time.monotonic)
+    # Zombie children known to have an owner here (a Popen not yet waited
+    # for): a leak, but no need to walk the heap for them on every poll.
+    _owned_zombies: set[int] = field(default_factory=set, compare=False)
 
     def leaks(self) -> list[Leak]:
-        """One look at what grew since the baseline; no waiting."""
+        """One look at what is new since the baseline; no waiting."""
         return (
             self._thread_leaks()
+            + self._native_thread_leaks()
             + self._task_leaks()
             + self._child_leaks()
             + self._fd_leaks()
-            + self._socket_leaks()
         )
 
     def _thread_leaks(self) -> list[Leak]:
@@ -162,6 +229,22 @@ class Baseline:
                 )
         return out
 
+    def _native_thread_leaks(self) -> list[Leak]:
+        now = _native_thread_ids()
+        if now is None or self.native_threads is None:
+            return []
+        # Python threads were judged above, with their names and allowances.
+        python = {str(t.native_id) for t in threading.enumerate() if t.native_id}
+        out = []
+        for tid in sorted(now - self.native_threads - python, key=int):
+            comm = _comm(tid)
+            if comm == "?":
+                continue  # exited between listdir and read
+            if any(comm.startswith(prefix) for prefix, _ in NATIVE_THREAD_ALLOWANCE):
+                continue
+            out.append(Leak("native-thread", f"tid={tid} comm={comm!r}"))
+        return out
+
     def _task_leaks(self) -> list[Leak]:
         if self.loop is None or self.tasks is None:
             return []
@@ -172,32 +255,44 @@ class Baseline:
         ]
 
     def _child_leaks(self) -> list[Leak]:
+        new = {key: child for key, child in _children().items() if key not in self.children}
+        self._reap_adopted_zombies(new)
         out = []
-        for key, child in sorted(_children().items()):
-            if key in self.children:
-                continue
+        for key, child in sorted(new.items()):
             detail = _describe_child(child)
             if detail is not None:
-                out.append(Leak("child", detail))
+                out.append(Leak("child", detail, key[0]))
         return out
+
+    def _reap_adopted_zombies(self, new: dict[tuple[int, float], psutil.Process]) -> None:
+        # As a subreaper we adopt orphans; one that has since exited is gone,
+        # not leaked, but only we can collect it. Our own unwaited children
+        # stay: they are the "never waited for" leak.
+        zombies = set()
+        for (pid, _), child in new.items():
+            try:
+                if child.ppid() == os.getpid() and child.status() == psutil.STATUS_ZOMBIE:
+                    zombies.add(pid)
+            except psutil.Error:
+                continue
+        zombies -= self._owned_zombies
+        if zombies:
+            reaped = set(reap_adopted(among=zombies))
+            self._owned_zombies.update(zombies - reaped)
 
     def _fd_leaks(self) -> list[Leak]:
         now = fd_targets()
-        before = Counter(_fd_key(t) for t in self.fds.values())
-        after = Counter(_fd_key(t) for t in now.values())
+        fresh = {fd: t for fd, t in now.items() if self.fds.get(fd) != t}
+        if not fresh:
+            return []
         out = []
-        for fd, target in sorted(now.items()):
-            if self.fds.get(fd) == target:
-                continue  # untouched, or closed and reopened as the same thing
-            if after[_fd_key(target)] > before[_fd_key(target)]:
+        for fd, target in sorted(fresh.items()):
+            if target.startswith("socket:"):
+                where = _socket_address(fd)
+                out.append(Leak("socket", f"{fd} -> {target} {where}".rstrip()))
+            else:
                 out.append(Leak("fd", f"{fd} -> {target}"))
         return out
-
-    def _socket_leaks(self) -> list[Leak]:
-        now = socket_count()
-        if now > self.sockets:
-            return [Leak("sockets", f"{self.sockets} -> {now} (+{now - self.sockets})")]
-        return []
 
 
 def take_baseline(
@@ -216,7 +311,7 @@ def take_baseline(
         tasks=None if loop is None else weakref.WeakSet(loop_tasks(loop)),
         children=frozenset(_children()),
         fds=fd_targets(),
-        sockets=socket_count(),
+        native_threads=frozenset(native) if (native := _native_thread_ids()) is not None else None,
         allow_threads=tuple(allow_threads),
     )
 
