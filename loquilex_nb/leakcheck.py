@@ -151,6 +151,8 @@ def _describe_child(child: psutil.Process) -> str | None:
     return f"pid={child.pid} status={status}{hint} cmdline={cmd!r}"
 
 
+_ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
+
 # Where each task was created, for loops under record_task_stacks().
 _TASK_STACKS: weakref.WeakKeyDictionary[asyncio.Task[Any], str] = weakref.WeakKeyDictionary()
 
@@ -176,9 +178,13 @@ def record_task_stacks(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
             task = previous(loop, coro, **kwargs)
         else:
             task = asyncio.Task(coro, loop=loop, **kwargs)
-        frames = traceback.extract_stack(limit=12)[:-1]
+        # asyncio's own frames say nothing about who forgot the task.
+        frames = [
+            f for f in traceback.extract_stack(limit=24)[:-1]
+            if not f.filename.startswith(_ASYNCIO_DIR)
+        ]
         _TASK_STACKS[task] = "".join(
-            "      " + line for line in traceback.format_list(frames[-6:])
+            "      " + line for line in traceback.format_list(frames[-5:])
         ).rstrip()
         return task
 

@@ -5,11 +5,14 @@ plugin asks the notebook's kernel for a snapshot (``snapshot()``, run through
 ``user_expressions`` so it leaves no trace in the notebook's namespace or
 outputs) before the first cell and again after the last one, and compares
 them by identity: thread idents, native thread ids, fd numbers with their
-targets, child (pid, start time). A thread, task-running loop thread, child
-process or fd the notebook left behind fails the notebook's ``leakcheck`` item.
+targets, child (pid, start time). A thread, child process or fd the notebook
+left behind fails the notebook's ``leakcheck`` item.
 
 What ipykernel itself creates after the first snapshot is not the
-notebook's doing; ``KERNEL_ALLOWANCE`` names it, narrowly.
+notebook's doing, and is tolerated by identity, narrowly: the one fd of each
+per-thread IOPub "event pipe" (a zmq socket ipykernel opens the first time a
+thread prints, and closes itself some 10 s after that thread ends), and
+Python threads named in ``KERNEL_ALLOWANCE``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,24 @@ __all__ = ["KERNEL_ALLOWANCE", "compare", "kernel_snapshot", "snapshot"]
 # Python thread names ipykernel starts lazily, on demand of the frontend
 # protocol rather than of notebook code. Empty until one is shown to exist.
 KERNEL_ALLOWANCE: tuple[str, ...] = ()
+
+
+def _ipykernel_fds() -> list[int]:
+    """fds of ipykernel's per-thread IOPub event pipes (its own, not the notebook's)."""
+    try:
+        from IPython import get_ipython
+
+        kernel = get_ipython().kernel  # type: ignore[union-attr]
+        pipes = list(kernel.iopub_thread._event_pipes.values())
+    except Exception:
+        return []
+    fds = []
+    for pipe in pipes:
+        try:
+            fds.append(int(pipe.FD))
+        except Exception:
+            continue
+    return fds
 
 _EXPR = "__import__('loquilex_nb.notebook_leakcheck', fromlist=['_']).snapshot_json()"
 
@@ -64,6 +85,7 @@ def snapshot() -> dict[str, Any]:
         "native": native,
         "fds": {str(fd): target for fd, target in fd_targets().items()},
         "children": children,
+        "ipykernel_fds": _ipykernel_fds(),
     }
 
 
@@ -85,8 +107,9 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> list[Leak]:
             leaks.append(
                 Leak("child", f"pid={pid} status={status} cmdline={cmd!r} (of the kernel)", pid)
             )
+    ipykernel_fds = {str(fd) for fd in after.get("ipykernel_fds", ())}
     for fd, target in sorted(after["fds"].items(), key=lambda kv: int(kv[0])):
-        if before["fds"].get(fd) != target:
+        if before["fds"].get(fd) != target and fd not in ipykernel_fds:
             kind = "socket" if target.startswith("socket:") else "fd"
             leaks.append(Leak(kind, f"{fd} -> {target} (in the kernel)"))
     return leaks

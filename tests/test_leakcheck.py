@@ -399,42 +399,169 @@ async def test_process_counters_counts_tasks_of_running_loop() -> None:
 
 
 # --- the pytest plugin, end to end in a child pytest ----------------------------
+#
+# The child runs with the project's real [tool.pytest.ini_options] (addopts
+# load this plugin and pytest-jupyter, asyncio_mode is strict), so what is
+# proven here is what `make test` does.
+
+PLANTED = """
+import asyncio, os, socket, subprocess, threading, pytest
+
+_stop = threading.Event()
+_keep = []
 
 
-def test_plugin_fails_leaky_test_and_passes_async_ones(
+async def test_task_leak_jupyter_loop():
+    async def lingering():
+        await asyncio.sleep(60)
+    asyncio.get_running_loop().create_task(lingering(), name="planted-task")
+
+
+async def test_task_clean_jupyter_loop():
+    task = asyncio.get_running_loop().create_task(asyncio.sleep(0.01))
+    await task
+
+
+@pytest.mark.asyncio
+async def test_task_leak_asyncio_loop():
+    async def lingering_asyncio():
+        await asyncio.sleep(60)
+    asyncio.get_running_loop().create_task(lingering_asyncio())
+
+
+@pytest.mark.asyncio
+async def test_task_clean_asyncio_loop():
+    await asyncio.get_running_loop().create_task(asyncio.sleep(0.01))
+
+
+def test_orphan_leak():
+    subprocess.run(["sh", "-c", "sleep 61 >/dev/null 2>&1 &"], check=True)
+
+
+def test_orphan_clean():
+    pid = subprocess.run(["sh", "-c", "sleep 62 >/dev/null 2>&1 & echo $!"],
+                         check=True, capture_output=True, text=True).stdout
+    os.kill(int(pid), 9)
+
+
+def test_thread_leak():
+    threading.Thread(target=_stop.wait, name="planted-thread").start()
+
+
+def test_thread_clean():
+    _stop.set()
+
+
+def test_native_thread_leak():
+    import zmq
+    ctx = zmq.Context()
+    ctx.socket(zmq.PUSH).close()
+    _keep.append(ctx)
+
+
+def test_native_thread_clean():
+    _keep.pop().term()
+
+
+def test_fd_leak(tmp_path):
+    _keep.append(open(tmp_path / "planted-file", "w"))
+
+
+def test_fd_clean(tmp_path):
+    _keep.pop().close()
+
+
+def test_socket_leak():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    _keep.append(s)
+
+
+def test_socket_clean():
+    _keep.pop().close()
+"""
+
+NOTEBOOK_CELLS = {
+    "leaks_thread": [
+        "import threading\n_stop = threading.Event()",
+        "threading.Thread(target=_stop.wait, name='nb-planted').start()",
+    ],
+    "leaks_child": ["import subprocess\np = subprocess.Popen(['sleep', '63'])"],
+    "clean": [
+        "import subprocess, threading\nt = threading.Thread(target=print, args=('hi',))\n"
+        "t.start(); t.join()",
+        "p = subprocess.Popen(['sleep', '64']); p.kill(); p.wait()",
+    ],
+}
+
+
+def _project_ini() -> str:
+    """The repository's [tool.pytest.ini_options], minus testpaths."""
+    import tomllib
+
+    options = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"][
+        "ini_options"
+    ]
+    options.pop("testpaths", None)
+    assert "loquilex_nb.pytest_plugin" in options["addopts"]
+    assert "pytest_jupyter" in options["addopts"] and options["asyncio_mode"] == "strict"
+    return "[tool.pytest.ini_options]\n" + "".join(
+        f"{key} = {json.dumps(value)}\n" for key, value in options.items()
+    )
+
+
+def _outcomes(stdout: list[str]) -> dict[str, set[str]]:
+    """test name -> outcomes from the -rA short summary (a test can fail *and* error)."""
+    found: dict[str, set[str]] = {}
+    for line in stdout:
+        word, _, rest = line.partition(" ")
+        if word in ("PASSED", "FAILED", "ERROR") and "::" in rest:
+            name = rest.split("::", 1)[1].split(" ", 1)[0]
+            found.setdefault(name, set()).add(word)
+    return found
+
+
+@pytest.mark.leak_settle(10)
+@pytest.mark.timeout(240)
+def test_plugin_with_project_options_catches_each_leak_kind(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import nbformat
+
     monkeypatch.setenv("PYTHONPATH", str(REPO))
-    pytester.makepyfile(
-        textwrap.dedent(
-            """
-            import asyncio, threading, pytest
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
+    pytester.makefile(".toml", pyproject=_project_ini())
+    pytester.makepyfile(test_planted=PLANTED)
+    for name, cells in NOTEBOOK_CELLS.items():
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+        nbformat.write(nb, pytester.path / f"nb_{name}.ipynb")
+    result = pytester.runpytest_subprocess("-rA", "-p", "no:cacheprovider", timeout=220)
+    text = result.stdout.str()
+    outcomes = _outcomes(result.stdout.lines)
 
-            _stop = threading.Event()
+    for kind in ("task_leak_jupyter_loop", "task_leak_asyncio_loop", "orphan_leak",
+                 "thread_leak", "native_thread_leak", "fd_leak", "socket_leak"):
+        assert outcomes.get(f"test_{kind}") == {"PASSED", "ERROR"}, (kind, text)
+    for kind in ("task_clean_jupyter_loop", "task_clean_asyncio_loop", "orphan_clean",
+                 "thread_clean", "native_thread_clean", "fd_clean", "socket_clean"):
+        assert outcomes.get(f"test_{kind}") == {"PASSED"}, (kind, text)
+    # The report names what leaked and where it came from.
+    for needle in ("coro=test_task_leak_jupyter_loop.<locals>.lingering", "planted-task",
+                   "created at", "lingering_asyncio", "sleep 61", "planted-thread",
+                   "ZMQbg", "planted-file", "127.0.0.1:"):
+        assert needle in text, needle
 
-            @pytest.mark.leak_settle(0.1)
-            def test_leaks_thread():
-                threading.Thread(target=_stop.wait, name="leaked-in-child").start()
-
-            def test_releases_thread():
-                _stop.set()
-
-            async def test_async_function_loop():
-                await asyncio.sleep(0)
-
-            @pytest.mark.asyncio(loop_scope="module")
-            async def test_async_module_loop():
-                await asyncio.sleep(0)
-
-            @pytest.mark.no_leakcheck("tests the checker")
-            def test_opted_out():
-                threading.Thread(target=_stop.wait).start()
-            """
-        )
-    )
-    result = pytester.runpytest_subprocess(
-        "-p", "loquilex_nb.pytest_plugin", "-o", "asyncio_mode=auto",
-        "-o", "asyncio_default_fixture_loop_scope=function", "-p", "no:cacheprovider",
-    )
-    result.assert_outcomes(passed=5, errors=1)
-    result.stdout.fnmatch_lines(["*ERROR at teardown of test_leaks_thread*", "*leaked-in-child*"])
+    assert "leakcheck" in outcomes, text  # notebook items are named after the file
+    nb_results = {
+        line.split("::")[0].split()[-1]: line.split()[0]
+        for line in result.stdout.lines
+        if "::leakcheck" in line and line.split()[0] in ("PASSED", "FAILED")
+    }
+    assert nb_results == {
+        "nb_leaks_thread.ipynb": "FAILED",
+        "nb_leaks_child.ipynb": "FAILED",
+        "nb_clean.ipynb": "PASSED",
+    }, text
+    assert "nb-planted" in text and "sleep 63" in text
+    assert "orphaned process(es) outlived the run" not in text, text
