@@ -138,7 +138,7 @@ def _children() -> dict[tuple[int, float], psutil.Process]:
     return found
 
 
-def _describe_child(child: psutil.Process) -> str | None:
+def describe_child(child: psutil.Process) -> str | None:
     try:
         status = child.status()
     except psutil.NoSuchProcess:
@@ -265,7 +265,7 @@ class Baseline:
         self._reap_adopted_zombies(new)
         out = []
         for key, child in sorted(new.items()):
-            detail = _describe_child(child)
+            detail = describe_child(child)
             if detail is not None:
                 out.append(Leak("child", detail, key[0]))
         return out

@@ -30,9 +30,9 @@ from typing import Any
 import psutil
 import pytest
 
-from .leakcheck import POLL_INTERVAL, LeakError, leakcheck, record_task_stacks, take_baseline
+from .leakcheck import POLL_INTERVAL, describe_child, LeakError, leakcheck, record_task_stacks, take_baseline
 from .notebook_leakcheck import check_kernel, kernel_snapshot
-from .subreaper import become_subreaper, owned_pids, reap_adopted
+from .subreaper import become_subreaper, reap_adopted
 
 DEFAULT_SETTLE = 5.0
 
@@ -221,7 +221,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Last sweep, after session fixtures: adopted orphans still running are leaks.
+    """Last sweep, after session fixtures: any child still running is a leak.
 
     Catches what no per-test check could: e.g. a grandchild orphaned when a
     notebook's kernel was shut down.
@@ -229,12 +229,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if not session.config.stash.get(_SUBREAPER, False):
         return
     reap_adopted()  # exited orphans: gone, only ours to collect
-    owned = owned_pids()
     stray = []
     for child in psutil.Process().children():
         try:
-            if child.pid not in owned and child.status() != psutil.STATUS_ZOMBIE:
-                stray.append(f"pid={child.pid} cmdline={' '.join(child.cmdline())!r}")
+            if child.status() != psutil.STATUS_ZOMBIE:
+                stray.append(child)
         except psutil.Error:
             continue
     if not stray:
@@ -242,10 +241,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(
-            f"loquilex leak check: {len(stray)} orphaned process(es) outlived the run "
+            f"loquilex leak check: {len(stray)} process(es) outlived the test run "
             "(killed now):", red=True
         )
-        for line in stray:
-            reporter.write_line(f"  {line}", red=True)
-    reap_adopted(kill=True)
+        for child in stray:
+            reporter.write_line(f"  {describe_child(child)}", red=True)
+    for child in stray:  # adopted or not: nothing may run on after the run
+        try:
+            child.kill()
+            child.wait(5)
+        except psutil.Error:
+            pass
     session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -52,6 +52,14 @@ async def wait_state(session, state: str, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def wait_until(predicate, timeout: float, what: str) -> None:
+    """Poll a condition on the running loop (never sleep as synchronization)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
 @pytest.fixture
 def output_root(tmp_path):
     return tmp_path / "captions"

@@ -564,4 +564,4 @@ def test_plugin_with_project_options_catches_each_leak_kind(
         "nb_clean.ipynb": "PASSED",
     }, text
     assert "nb-planted" in text and "sleep 63" in text
-    assert "orphaned process(es) outlived the run" not in text, text
+    assert "outlived the test run" not in text, text

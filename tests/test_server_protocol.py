@@ -472,9 +472,19 @@ async def test_silent_client_times_out_while_events_flow(jp_serverapp, jp_fetch,
     async def keep_feeding():  # events every ~0.2 s for as long as the test needs
         while True:
             await feed(feeder, SPEECH[: 16000 * 4], pace=0.01)
-            await feeder.send({"type": "hb"})
             await asyncio.sleep(0.2)
 
+    async def keep_beating():
+        # The feeder must never look silent itself, not even while it waits for eos
+        # after its stop (finalizing can take longer than the 1 s timeout).
+        while True:
+            try:
+                await feeder.send({"type": "hb"})
+            except Exception:
+                return  # closed after eos: nothing left to keep alive
+            await asyncio.sleep(0.2)
+
+    beating = asyncio.create_task(keep_beating())
     feeding = asyncio.create_task(keep_feeding())
     try:
         connected = time.monotonic()
@@ -486,7 +496,11 @@ async def test_silent_client_times_out_while_events_flow(jp_serverapp, jp_fetch,
         feeding.cancel()
         await asyncio.gather(feeding, return_exceptions=True)
         await feeder.send({"type": "stop"})
-        await feeder.until_eos()
+        try:
+            await feeder.until_eos()
+        finally:
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
         await feeder.aclose()
         await silent.aclose()
 
