@@ -16,6 +16,7 @@ import shutil
 import socket
 import struct
 import time
+from contextlib import asynccontextmanager
 
 import pytest
 import tornado.websocket
@@ -153,6 +154,26 @@ async def feed(client, samples, chunk=CHUNK, pace=0.0):
         await client.send(samples[i : i + chunk].tobytes())
         if pace:
             await asyncio.sleep(pace)
+
+
+@asynccontextmanager
+async def beating(client, interval=0.2):
+    """A client that keeps saying hb for the whole block, even while it awaits something."""
+
+    async def beat():
+        while True:
+            try:
+                await client.send({"type": "hb"})
+            except Exception:
+                return  # closed (after eos): nothing left to keep alive
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def wait_for(pred, timeout, what):
@@ -436,13 +457,7 @@ async def test_heartbeats_and_the_silent_client_timeout(jp_serverapp, jp_fetch, 
     chatty = await Client.connect(jp_ws_fetch, sid)
     assert silent.welcome["data"]["hb_interval"] == 0.2 and silent.welcome["data"]["hb_timeout"] == 1.0
 
-    async def keep_talking():
-        while True:
-            await chatty.send({"type": "hb"})
-            await asyncio.sleep(0.25)
-
-    talking = asyncio.create_task(keep_talking())
-    try:
+    async with beating(chatty, 0.25):  # until eos: finalizing can outlast the 1 s timeout
         started = time.monotonic()
         code = await silent.closed(timeout=10)
         took = time.monotonic() - started
@@ -450,14 +465,11 @@ async def test_heartbeats_and_the_silent_client_timeout(jp_serverapp, jp_fetch, 
         assert 0.9 <= took <= 5.0, took
         hbs = [e for e in silent.envs if e["type"] == "hb"]
         assert len(hbs) >= 3 and all(e["seq"] is None and set(e["data"]) == {"queue_depth", "dropped"} for e in hbs)
-        await asyncio.sleep(1.0)  # the talking client outlives the timeout
+        await asyncio.sleep(1.0)  # the talking client outlives the timeout (the bound under test)
         assert chatty.ws.close_code is None
         await chatty.until(lambda e: e["type"] == "hb")
-    finally:
-        talking.cancel()
-        await asyncio.gather(talking, return_exceptions=True)
-    await chatty.send({"type": "stop"})
-    await chatty.until_eos()
+        await chatty.send({"type": "stop"})
+        await chatty.until_eos()
     assert await chatty.closed() == (1000, "session ended")
 
 
@@ -474,33 +486,19 @@ async def test_silent_client_times_out_while_events_flow(jp_serverapp, jp_fetch,
             await feed(feeder, SPEECH[: 16000 * 4], pace=0.01)
             await asyncio.sleep(0.2)
 
-    async def keep_beating():
-        # The feeder must never look silent itself, not even while it waits for eos
-        # after its stop (finalizing can take longer than the 1 s timeout).
-        while True:
-            try:
-                await feeder.send({"type": "hb"})
-            except Exception:
-                return  # closed after eos: nothing left to keep alive
-            await asyncio.sleep(0.2)
-
-    beating = asyncio.create_task(keep_beating())
-    feeding = asyncio.create_task(keep_feeding())
-    try:
-        connected = time.monotonic()
-        await wait_for(lambda: conn.closed or time.monotonic() - connected > 4.0, 5, "")
-        assert session.alive
-        assert conn.closed, "a client silent for 4 s (timeout 1 s) is still connected"
-        assert await silent.closed() == (4009, "heartbeat timeout")
-    finally:
-        feeding.cancel()
-        await asyncio.gather(feeding, return_exceptions=True)
-        await feeder.send({"type": "stop"})
+    async with beating(feeder):  # never silent itself, not even while it waits for eos
+        feeding = asyncio.create_task(keep_feeding())
         try:
-            await feeder.until_eos()
+            connected = time.monotonic()
+            await wait_for(lambda: conn.closed or time.monotonic() - connected > 4.0, 5, "")
+            assert session.alive
+            assert conn.closed, "a client silent for 4 s (timeout 1 s) is still connected"
+            assert await silent.closed() == (4009, "heartbeat timeout")
         finally:
-            beating.cancel()
-            await asyncio.gather(beating, return_exceptions=True)
+            feeding.cancel()
+            await asyncio.gather(feeding, return_exceptions=True)
+            await feeder.send({"type": "stop"})
+            await feeder.until_eos()
         await feeder.aclose()
         await silent.aclose()
 
