@@ -130,5 +130,6 @@ def machine() -> dict:
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "versions": versions,
         "commit": commit + ("-dirty" if dirty else ""),
+        "dirty": dirty,
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
     }

@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from asr import bench_asr  # noqa: E402
 from faults import bench_faults  # noqa: E402
 from measure import REPO, machine  # noqa: E402
-from report import render_markdown, render_text  # noqa: E402
+from report import render_markdown, render_text, update_readme  # noqa: E402
 from server import SAMPLE, SPEECH, JupyterServer, bench_cycles, bench_fanout, bench_latency, bench_overhead, concat_wav, counters, settle_to  # noqa: E402
 from stall import bench_stall  # noqa: E402
 from stopping import bench_stopping  # noqa: E402
@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     page_dir.mkdir(parents=True, exist_ok=True)
     (page_dir / "benchmarks.json").write_text(text, encoding="utf-8")
     (page_dir / "BENCHMARKS.md").write_text(render_markdown(results), encoding="utf-8")
+    if publish:
+        readme = REPO / "README.md"
+        readme.write_text(update_readme(readme.read_text(encoding="utf-8"), results), encoding="utf-8")
     print(render_text(results))
     print(f"\nwrote {out / 'results.json'}, {page_dir / 'BENCHMARKS.md'}, {page_dir / 'benchmarks.json'}, {img}/*.png")
     print(f"total {results['elapsed_s']:.0f} s ({mode})")
