@@ -124,8 +124,9 @@ def summary_rows(r: dict) -> list[list[str]]:
     fa = r.get("faults")
     if _ok(fa):
         clean = sum(1 for x in fa["rows"] if x.get("resources_left_total") == 0)
-        lost = sum((x.get("events") or {}).get("lost", 0) or 0 for x in fa["rows"])
-        rows.append(["fault matrix: rows with nothing left behind / events lost", f"{clean} of {len(fa['rows'])} / {lost}", "–", "–"])
+        lost = sum(_events_lost(x) for x in fa["rows"])
+        finals = sum(_finals_mismatch(x) for x in fa["rows"])
+        rows.append(["fault matrix: rows with nothing left behind / events lost (of which finals that reached only one of client and `final.txt`)", f"{clean} of {len(fa['rows'])} / {lost} ({finals})", "–", "–"])
     return rows
 
 
@@ -337,6 +338,17 @@ def _left(x: dict) -> str:
     return "0" if not nonzero else ", ".join(f"{k} {v:+d}" for k, v in nonzero.items())
 
 
+def _finals_mismatch(x: dict) -> int:
+    """Finals on disk that never reached the client, or delivered but never written."""
+    fd, fk = x.get("finals_delivered"), x.get("finals_on_disk")
+    return abs(fk - fd) if fd is not None and fk is not None else 0
+
+
+def _events_lost(x: dict) -> int:
+    """Lost against the session's log, plus finals the client and `final.txt` disagree on."""
+    return ((x.get("events") or {}).get("lost", 0) or 0) + _finals_mismatch(x)
+
+
 def fault_rows(f: dict) -> list[list[str]]:
     rows = []
     for x in f["rows"]:
@@ -345,6 +357,8 @@ def fault_rows(f: dict) -> list[list[str]]:
             continue
         ev = x.get("events")
         lost = "–" if not ev else f"{ev['lost']} of {ev['expected']}" + (f" ({ev['partials_superseded']} partials superseded)" if ev.get("partials_superseded") else "")
+        if _finals_mismatch(x):
+            lost += f" + {_finals_mismatch(x)} final(s) client ≠ disk"
         fin = "–" if x.get("finals_delivered") is None else f"{x['finals_delivered']} / {x['finals_on_disk']}"
         end = x.get("end") or "–"
         if x.get("expected_end") and x.get("end") and x["end"] != x["expected_end"]:
@@ -653,8 +667,12 @@ def render_markdown(r: dict) -> str:
             "Every row injects its fault for real, in this run. **What the user sees** is the event stream of a client "
             "(status states, errors, finals, `eos`) and the WebSocket close code. **Events lost**: events of the session's log "
             "(read back by a late joiner after the end) that the client never received; partials the server replaced by a "
-            "newer one while queued are by design and counted apart. **Finals delivered / on disk**: `asr.final` events the "
-            "client received / lines of `final.txt`. **Resources left**: processes the row started that still run, and the "
+            "newer one while queued are by design and counted apart; a final that reached only one of the client and "
+            "`final.txt` is counted as lost too (\"+ n final(s) client ≠ disk\"). **Finals delivered / on disk**: `asr.final` events the "
+            "client received / lines of `final.txt`. After a crash the truth is what the worker emitted: it sends each final as "
+            "an event *before* writing it to `final.txt`, so a worker SIGKILL can leave a delivered final unwritten, and a "
+            "server SIGKILL can leave a written final undelivered (the file is then the only record); where the processes "
+            "survive, the two must agree. **Resources left**: processes the row started that still run, and the "
             "server's (or for embedded rows this process's) fds, sockets, asyncio tasks and threads against the row's "
             "baseline, once settled. **Time to clean**: fault → session ended, its processes gone and counters back to the "
             "baseline (polled every 0.1 s), unless the notes say otherwise. Server rows use default server settings "
