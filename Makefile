@@ -37,6 +37,7 @@ test: install browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 bench: install
+	command -v espeak-ng >/dev/null && command -v sox >/dev/null || (apt-get update && apt-get install -y espeak-ng sox)
 	HF_HUB_OFFLINE=1 $(PY) bench/run.py
 
 bench-quick: install

@@ -82,6 +82,8 @@ def summary_rows(r: dict) -> list[list[str]]:
         rows.append(["stop latency p99, cooperative worker", _ms(v["ours_cooperative"]["latency_s"]["p99"]), "`shutdown_kernel(now=False)` " + _ms(v["jupyter_client_now_false"]["latency_s"]["p99"]), _x(_div(v["ours_cooperative"]["latency_s"]["p99"], v["jupyter_client_now_false"]["latency_s"]["p99"]))])
         rows.append(["stop p50, worker ignoring SIGTERM: time beyond grace + term_grace", _ms(v["ours_ignores_sigterm"]["overhead_s"]["p50"]), "`shutdown_kernel(now=True)` " + _ms(v["jupyter_client_now_true"]["latency_s"]["p50"]), _x(ra["escalation_overhead_vs_jupyter_client_now_true"]["median"])])
         rows.append(["stop p99, worker ignoring SIGTERM: time beyond grace + term_grace", _ms(v["ours_ignores_sigterm"]["overhead_s"]["p99"]), "`shutdown_kernel(now=True)` " + _ms(v["jupyter_client_now_true"]["latency_s"]["p99"]), _x(_div(v["ours_ignores_sigterm"]["overhead_s"]["p99"], v["jupyter_client_now_true"]["latency_s"]["p99"]))])
+        if "kernel_exit_direct" in v:
+            rows.append(["stop latency p50, cooperative worker", _ms(v["ours_cooperative"]["latency_s"]["p50"]), "ipykernel shutdown request → process exit (waited on directly) " + _ms(v["kernel_exit_direct"]["latency_s"]["p50"]), _x(ra["cooperative_vs_kernel_exit_direct"]["median"])])
         rows.append(["stop latency p50, cooperative worker", _ms(v["ours_cooperative"]["latency_s"]["p50"]), "asyncio `terminate()`+`wait()` " + _ms(v["asyncio_terminate"]["latency_s"]["p50"]), _x(ra["cooperative_vs_asyncio_terminate"]["median"])])
     a = r.get("asr")
     if _ok(a):
@@ -143,12 +145,16 @@ def stop_rows(s: dict) -> list[list[str]]:
     lat = lambda k: v[k]["latency_s"]  # noqa: E731
     rng = lambda k: f"{_ms(lat(k)['min'])} … {_ms(lat(k)['max'])}"  # noqa: E731
     budget = g["grace_s"] + g["term_grace_s"]
+    direct = []
+    if "kernel_exit_direct" in v:
+        direct = [["ipykernel: the same shutdown request, until the process exits (waited on directly)", str(lat("kernel_exit_direct")["n"]), _ms(lat("kernel_exit_direct")["p50"]), _ms(lat("kernel_exit_direct")["p99"]), rng("kernel_exit_direct"), f"cooperative {_x(ra['cooperative_vs_kernel_exit_direct']['median'])}", "the kernel's own exit, without jupyter_client's 0.1 s poll"]]
     return [
         ["ours: cooperative worker, `s.stop()`", str(lat("ours_cooperative")["n"]), _ms(lat("ours_cooperative")["p50"]), _ms(lat("ours_cooperative")["p99"]), rng("ours_cooperative"), "–", f"end: {_kinds(v['ours_cooperative'].get('end_kinds', {}))}"],
         [f"ours: worker ignores stop + SIGTERM (grace {g['grace_s']:g} + term_grace {g['term_grace_s']:g} s)", str(lat("ours_ignores_sigterm")["n"]), _ms(lat("ours_ignores_sigterm")["p50"]), _ms(lat("ours_ignores_sigterm")["p99"]), rng("ours_ignores_sigterm"), "–", f"end: {_kinds(v['ours_ignores_sigterm'].get('end_kinds', {}))}"],
         [f"↳ beyond the {budget:g} s budget (SIGKILL, reap, drain)", str(v["ours_ignores_sigterm"]["overhead_s"]["n"]), _ms(v["ours_ignores_sigterm"]["overhead_s"]["p50"]), _ms(v["ours_ignores_sigterm"]["overhead_s"]["p99"]), f"{_ms(v['ours_ignores_sigterm']['overhead_s']['min'])} … {_ms(v['ours_ignores_sigterm']['overhead_s']['max'])}", "–", ""],
         ["jupyter_client `KernelManager.shutdown_kernel(now=False)`", str(lat("jupyter_client_now_false")["n"]), _ms(lat("jupyter_client_now_false")["p50"]), _ms(lat("jupyter_client_now_false")["p99"]), rng("jupyter_client_now_false"), f"cooperative {_x(ra['cooperative_vs_jupyter_client_now_false']['median'])}", "real ipykernel, ready first; shutdown_request, polls every 0.1 s"],
         ["jupyter_client `KernelManager.shutdown_kernel(now=True)`", str(lat("jupyter_client_now_true")["n"]), _ms(lat("jupyter_client_now_true")["p50"]), _ms(lat("jupyter_client_now_true")["p99"]), rng("jupyter_client_now_true"), f"escalation overhead {_x(ra['escalation_overhead_vs_jupyter_client_now_true']['median'])}", "SIGKILL + wait"],
+        *direct,
         ["asyncio `proc.terminate()` + `await proc.wait()`, idle Python child", str(lat("asyncio_terminate")["n"]), _ms(lat("asyncio_terminate")["p50"]), _ms(lat("asyncio_terminate")["p99"]), rng("asyncio_terminate"), f"cooperative {_x(ra['cooperative_vs_asyncio_terminate']['median'])}, escalation overhead {_x(ra['escalation_overhead_vs_asyncio_terminate']['median'])}", "the floor: a signal and a reap"],
     ]
 
@@ -512,7 +518,7 @@ def render_markdown(r: dict) -> str:
         parts += [
             _table_md(STOP_HEAD, stop_rows(s)),
             _img(r, "stop_latency", "stop latency per variant"),
-            f"- All five variants run **interleaved** in the bench process, one of each per round, {s['n']} rounds, so a burst of "
+            f"- All six variants run **interleaved** in the bench process, one of each per round, {s['n']} rounds, so a burst of "
             "load hits them alike; ratios are the median of the per-round ratios.",
             "- **ours, cooperative**: `lx.session(lx.PushSource())` (embedded mode), iterate events until the worker's "
             "`status running`, then time `s.stop()`: the polite `stop` on the control pipe, the worker finalizes (nothing "
@@ -523,7 +529,9 @@ def render_markdown(r: dict) -> str:
             "supervisor adds is the time beyond them, compared with `shutdown_kernel(now=True)` (also SIGKILL + reap).",
             "- **jupyter_client**: `KernelManager(kernel_name='python3')`, `start_kernel()`, a client's `wait_for_ready()`, "
             "then time `shutdown_kernel(now=False)` (shutdown_request on the control channel, then polling the process every "
-            "0.1 s) or `shutdown_kernel(now=True)` (kill). **asyncio**: `create_subprocess_exec(python -c 'print ready; sleep')`, "
+            "0.1 s, so it includes up to 0.1 s of polling) or `shutdown_kernel(now=True)` (kill). **ipykernel, waited on "
+            "directly**: the same shutdown request from `KernelClient.shutdown()`, timed until `Popen.wait()` on the kernel "
+            "process returns: the kernel's own shutdown and exit, with no polling interval. **asyncio**: `create_subprocess_exec(python -c 'print ready; sleep')`, "
             "read `ready`, time `terminate()` + `await wait()` — the least any stop of a child process can cost.",
             "### Startup (same runs)",
             _table_md(STARTUP_HEAD, startup_rows(s)),

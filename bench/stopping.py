@@ -1,6 +1,6 @@
 """Section 1 of bench/run.py: how long a stop takes, ours against the references.
 
-All five variants run interleaved (one of each per round) in this process, so a burst of
+All six variants run interleaved (one of each per round) in this process, so a burst of
 load on the shared machine hits every variant alike:
 
 - ours, cooperative: `lx.session(lx.PushSource())`, wait for `status running`, time `s.stop()`;
@@ -8,6 +8,8 @@ load on the shared machine hits every variant alike:
   on a `Supervisor(grace, term_grace)`: time `await session.stop()` (ends `killed`);
 - `jupyter_client.KernelManager.shutdown_kernel(now=False)` of a real ipykernel (ready first);
 - the same with `now=True`;
+- ipykernel's own exit: the same shutdown request (`KernelClient.shutdown()`), timed until the
+  kernel process exits, waited on directly (`Popen.wait`), without jupyter_client's 0.1 s polling;
 - `asyncio` subprocess `terminate()` + `wait()` of an idle Python child (the floor).
 """
 
@@ -113,6 +115,28 @@ def kernel(now: bool) -> dict:
     return {"stop_s": took, "ready_s": ready, "pid": pid}
 
 
+def kernel_exit_direct() -> dict:
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name="python3")
+    t0 = time.monotonic()
+    km.start_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kc = km.client()
+    try:
+        kc.start_channels()
+        kc.wait_for_ready(timeout=KERNEL_READY_TIMEOUT)
+        ready = time.monotonic() - t0
+        proc = km.provisioner.process
+        t = time.monotonic()
+        kc.shutdown()  # the request shutdown_kernel(now=False) sends
+        proc.wait(30)  # blocks in waitpid: the exit itself, no polling interval
+        took = time.monotonic() - t
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)  # the process is gone; this releases jupyter_client's side
+    return {"stop_s": took, "ready_s": ready, "pid": proc.pid}
+
+
 async def _asyncio_terminate() -> dict:
     t0 = time.monotonic()
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", IDLE_CHILD, stdout=asyncio.subprocess.PIPE)
@@ -136,7 +160,7 @@ def asyncio_terminate() -> dict:
     return asyncio.run(_asyncio_terminate())
 
 
-VARIANTS = ("ours_cooperative", "ours_ignores_sigterm", "jupyter_client_now_false", "jupyter_client_now_true", "asyncio_terminate")
+VARIANTS = ("ours_cooperative", "ours_ignores_sigterm", "jupyter_client_now_false", "jupyter_client_now_true", "kernel_exit_direct", "asyncio_terminate")
 
 
 def _paired(a: list[float], b: list[float]) -> dict:
@@ -151,6 +175,7 @@ def bench_stopping(n: int, tmp: Path, log: Callable[[str], None]) -> dict:
         "ours_ignores_sigterm": lambda: ours_escalated(tmp),
         "jupyter_client_now_false": lambda: kernel(False),
         "jupyter_client_now_true": lambda: kernel(True),
+        "kernel_exit_direct": kernel_exit_direct,
         "asyncio_terminate": asyncio_terminate,
     }
     for i in range(n):
@@ -170,6 +195,8 @@ def bench_stopping(n: int, tmp: Path, log: Callable[[str], None]) -> dict:
         "ratios": {
             # ours ÷ reference, per round (same moment, same load), then the median
             "cooperative_vs_jupyter_client_now_false": _paired(stops["ours_cooperative"], stops["jupyter_client_now_false"]),
+            "cooperative_vs_kernel_exit_direct": _paired(stops["ours_cooperative"], stops["kernel_exit_direct"]),
+            "jupyter_client_now_false_vs_kernel_exit_direct": _paired(stops["jupyter_client_now_false"], stops["kernel_exit_direct"]),
             "cooperative_vs_asyncio_terminate": _paired(stops["ours_cooperative"], stops["asyncio_terminate"]),
             "jupyter_client_now_false_vs_asyncio_terminate": _paired(stops["jupyter_client_now_false"], stops["asyncio_terminate"]),
             "escalation_overhead_vs_jupyter_client_now_true": _paired(overhead, stops["jupyter_client_now_true"]),
