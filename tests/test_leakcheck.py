@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -434,6 +435,23 @@ async def test_task_clean_asyncio_loop():
     await asyncio.get_running_loop().create_task(asyncio.sleep(0.01))
 
 
+@pytest.mark.asyncio(loop_scope="module")
+async def test_task_leak_module_loop():
+    async def lingering_module():
+        await asyncio.sleep(60)
+    asyncio.get_running_loop().create_task(lingering_module())
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_task_clean_module_loop():
+    await asyncio.sleep(0)
+
+
+@pytest.mark.no_leakcheck("tests the checker")
+def test_opted_out():
+    threading.Thread(target=_stop.wait, name="opted-out").start()  # stopped by test_thread_clean
+
+
 def test_orphan_leak():
     subprocess.run(["sh", "-c", "sleep 61 >/dev/null 2>&1 &"], check=True)
 
@@ -540,18 +558,20 @@ def test_plugin_with_project_options_catches_each_leak_kind(
     text = result.stdout.str()
     outcomes = _outcomes(result.stdout.lines)
 
-    for kind in ("task_leak_jupyter_loop", "task_leak_asyncio_loop", "orphan_leak",
+    for kind in ("task_leak_jupyter_loop", "task_leak_asyncio_loop", "task_leak_module_loop", "orphan_leak",
                  "thread_leak", "native_thread_leak", "fd_leak", "socket_leak"):
         assert outcomes.get(f"test_{kind}") == {"PASSED", "ERROR"}, (kind, text)
-    for kind in ("task_clean_jupyter_loop", "task_clean_asyncio_loop", "orphan_clean",
+    for kind in ("task_clean_jupyter_loop", "task_clean_asyncio_loop", "task_clean_module_loop", "opted_out", "orphan_clean",
                  "thread_clean", "native_thread_clean", "fd_clean", "socket_clean"):
         assert outcomes.get(f"test_{kind}") == {"PASSED"}, (kind, text)
     # The report names what leaked and where it came from.
     for needle in ("coro=test_task_leak_jupyter_loop.<locals>.lingering", "planted-task",
-                   "created at", "lingering_asyncio", "sleep 61", "planted-thread",
+                   "created at", "lingering_asyncio", "lingering_module", "sleep 61", "planted-thread",
                    "ZMQbg", "planted-file", "127.0.0.1:"):
         assert needle in text, needle
 
+    # the creation stack points at the line of the test that forgot its task
+    assert re.search(r'test_planted\.py", line \d+, in test_task_leak_jupyter_loop', text), text
     assert "leakcheck" in outcomes, text  # notebook items are named after the file
     nb_results = {
         line.split("::")[0].split()[-1]: line.split()[0]
