@@ -40,7 +40,7 @@ class Server:
         self.log_path = tmp_path / "server.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout=30.0):
+    def start(self, timeout=90.0):  # a loaded shared machine can take 20-30 s
         env = dict(os.environ)
         for name in ("config", "data", "runtime"):
             (self.tmp / name).mkdir()
