@@ -585,3 +585,22 @@ def test_plugin_with_project_options_catches_each_leak_kind(
     }, text
     assert "nb-planted" in text and "sleep 63" in text
     assert "outlived the test run" not in text, text
+
+
+def test_process_still_running_at_the_end_of_the_run_fails_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The last sweep catches what no per-test check saw (here: a test that opted out).
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    pytester.makepyfile(
+        test_sweep="""
+        import subprocess, pytest
+
+        @pytest.mark.no_leakcheck("tests the checker")
+        def test_leaves_an_orphan():
+            subprocess.run(["sh", "-c", "sleep 65 >/dev/null 2>&1 &"], check=True)
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "loquilex_nb.pytest_plugin", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["*1 process(es) outlived the test run (killed now):*", "*sleep 65*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
