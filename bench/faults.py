@@ -639,7 +639,10 @@ def _wait_kernel_ready(connection_file: Path, timeout: float) -> None:
 
     kc = BlockingKernelClient(connection_file=str(connection_file))
     kc.load_connection_file()
-    kc.start_channels()
+    # No heartbeat channel: on a loaded machine one late beat makes wait_for_ready report
+    # "Kernel died before replying to kernel_info" for a kernel that is merely slow; the
+    # timeout bounds the wait, and the caller already found the kernel's process.
+    kc.start_channels(hb=False)
     try:
         kc.wait_for_ready(timeout=timeout)
     finally:
