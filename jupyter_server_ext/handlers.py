@@ -138,7 +138,7 @@ class NotFoundHandler(BaseHandler):
     """Any other URL under /loquilex: a JSON 404, not Jupyter's HTML page."""
 
     @web.authenticated
-    def get(self, *args: Any) -> None:
+    def get(self, *args: Any, **kwargs: Any) -> None:
         raise web.HTTPError(404, f"no loquilex route {self.request.path!r}")
 
     post = put = delete = patch = head = get
@@ -346,5 +346,5 @@ def handlers(manager: SessionManager) -> list[tuple[str, type, dict]]:
         (rf"/loquilex/api/sessions/{sid}/captions\.(?P<fmt>vtt|srt|txt)", CaptionsHandler, kw),
         (rf"/loquilex/api/sessions/{sid}/events", EventsHandler, kw),
         (r"/loquilex/api/resources", ResourcesHandler, kw),
-        (r"/loquilex(/.*)?", NotFoundHandler, kw),  # last: our other URLs answer JSON too
+        (r"/loquilex/(?P<rest>.*)", NotFoundHandler, kw),  # last: our other URLs answer JSON too
     ]

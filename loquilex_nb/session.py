@@ -74,6 +74,7 @@ class Session:
         self._worker_error: str | None = None
         self._stop_sent = False
         self.bytes_in_flight = 0  # PCM handed to feed() and not yet taken by the pipe
+        self._handles_usr1 = False
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -156,6 +157,10 @@ class Session:
         if self.state in ("starting", "running"):
             self._set_state("stopping")
         started = time.monotonic()
+        if self._handles_usr1:
+            # out of band: a worker holding back a flood (backpressure) sees the stop now,
+            # not after decoding everything queued ahead of it in the pipe
+            self._signal(signal.SIGUSR1, None)
         try:
             # a worker that stopped reading can leave the pipe full; the grace covers that too
             await asyncio.wait_for(self._send({"op": "stop"}, quiet=True), grace)
@@ -177,10 +182,11 @@ class Session:
         except asyncio.TimeoutError:
             return False
 
-    def _signal(self, sig: int, as_: str) -> None:
+    def _signal(self, sig: int, as_: str | None) -> None:
         if self._proc is None or self._proc.returncode is not None:
             return
-        self._signalled = as_
+        if as_ is not None:
+            self._signalled = as_
         try:
             os.killpg(self._proc.pid, sig)
         except ProcessLookupError:
@@ -286,8 +292,10 @@ class Session:
         if type_ not in ("status", "asr.partial", "asr.final", "error"):
             raise ValueError(f"unknown event type {type_!r}")
         data = raw.get("data")
-        if type_ == "status" and data and data.get("state") == "running" and self.state == "starting":
-            self.state = "running"
+        if type_ == "status" and data and data.get("state") == "running":
+            self._handles_usr1 = True  # its handlers were installed long before
+            if self.state == "starting":
+                self.state = "running"
         if type_ == "error" and data and data.get("fatal"):
             self._worker_error = data.get("detail") or data.get("code")
         self._publish(

@@ -33,7 +33,7 @@ SAMPLE_RATE = 16000
 MAX_CONFIG_BYTES = 1 << 20  # the first line; the server's own options are far smaller
 MAX_PCM_BYTES = 16 << 20  # one pcm message; the server sends at most max_message_bytes
 READ_BLOCK = 1 << 18
-BACKLOG_S = 30.0  # pushed audio waiting for the recogniser; more than this is dropped
+BACKLOG_S = 20.0  # audio waiting for the recogniser; producers wait for room beyond it
 MAX_CONTROL_ITEMS = 1000  # control messages waiting (finalize, bad lines...); more are dropped
 STOP_BUDGET_S = 1.5  # after `stop`, queued audio is decoded for at most this long (default)
 JOIN_S = 2.0  # bound on joining our own threads at exit; past it we leave with os._exit
@@ -93,24 +93,38 @@ class EventOut:
 class Backlog:
     """Audio and control messages waiting for the main loop, bounded in seconds of audio.
 
-    The reader never blocks on it (a blocked reader could not see `stop`, EOF or the wake
-    pipe); audio beyond `BACKLOG_S` is dropped and counted, and the main loop reports the
-    counts as an `audio-dropped` error event. The file feeder, a local producer, waits instead.
+    Producers get backpressure: the reader waits for room (so the supervisor's pipe fills and
+    the server stops reading the client's socket), but only in short, interruptible steps, so
+    SIGTERM, the out-of-band stop (SIGUSR1) and exit are always seen. Once a stop is under
+    way, audio beyond the bound is dropped and counted instead (the main loop reports the
+    counts as an `audio-dropped` error event).
     """
 
     def __init__(self, limit_s: float = BACKLOG_S) -> None:
         self.items: queue.Queue = queue.Queue()
         self.limit = int(limit_s * SAMPLE_RATE)
-        self.lock = threading.Lock()
+        self.room = threading.Condition()
         self.samples = 0
         self.controls = 0
         self.dropped_frames = 0
         self.dropped_bytes = 0
         self.dropped_samples = 0
 
-    def put_audio(self, op: str, payload: Any, samples: int, nbytes: int, wait: bool = False) -> bool:
-        with self.lock:
-            if self.samples and self.samples + samples > self.limit and not wait:
+    def _fits(self, samples: int) -> bool:
+        return not self.samples or self.samples + samples <= self.limit
+
+    def wait_room(self, samples: int, abort) -> bool:
+        """Wait until `samples` more fit; False if abort() became true first."""
+        with self.room:
+            while not self._fits(samples):
+                if abort():
+                    return False
+                self.room.wait(0.05)
+        return True
+
+    def put_audio(self, op: str, payload: Any, samples: int, nbytes: int, force: bool = False) -> bool:
+        with self.room:
+            if not force and not self._fits(samples):
                 self.dropped_frames += 1
                 self.dropped_bytes += nbytes
                 self.dropped_samples += samples
@@ -119,11 +133,8 @@ class Backlog:
         self.items.put((op, payload, samples))
         return True
 
-    def full(self) -> bool:
-        return self.samples >= self.limit
-
     def put_control(self, op: str, payload: Any, must: bool = False) -> None:
-        with self.lock:
+        with self.room:
             if self.controls >= MAX_CONTROL_ITEMS and not must:
                 self.dropped_frames += 1
                 return
@@ -132,29 +143,26 @@ class Backlog:
 
     def get(self, timeout: float) -> tuple[str, Any]:
         op, payload, samples = self.items.get(timeout=timeout)
-        with self.lock:
+        with self.room:
             if samples:
                 self.samples -= samples
+                self.room.notify_all()
             else:
                 self.controls -= 1
         return op, payload
 
     def discard_audio(self) -> int:
         """Drop every queued audio chunk (a stop past its budget); control messages stay."""
-        kept, gone = [], 0
-        with self.items.mutex:
-            for item in self.items.queue:
-                if item[2]:
-                    gone += item[2]
-                    self.dropped_frames += 1
-                    self.dropped_samples += item[2]
-                else:
-                    kept.append(item)
+        with self.room, self.items.mutex:
+            kept = [item for item in self.items.queue if not item[2]]
+            gone = [item[2] for item in self.items.queue if item[2]]
             self.items.queue.clear()
             self.items.queue.extend(kept)
-        with self.lock:
-            self.samples -= gone
-        return gone
+            self.samples -= sum(gone)
+            self.dropped_frames += len(gone)
+            self.dropped_samples += sum(gone)
+            self.room.notify_all()
+        return len(gone)
 
     def has_audio(self) -> bool:
         return self.samples > 0
@@ -171,17 +179,21 @@ class Backlog:
 
 
 class ControlReader(threading.Thread):
-    """Moves control messages from the pipe into the backlog, in order, without ever blocking
-    on anything but the pipe and the wake pipe: so stop, EOF and exit are always seen."""
+    """Moves control messages from the pipe into the backlog, in order. It blocks only on the
+    pipe (with the wake pipe beside it) and in short waits for room: exit is always seen."""
 
-    def __init__(self, fd: int, backlog: Backlog, wake_fd: int, quick: QuickExit, initial: bytes = b"") -> None:
+    def __init__(self, fd: int, backlog: Backlog, wake_fd: int, quick: QuickExit, stop_signal: QuickExit, initial: bytes = b"") -> None:
         super().__init__(name="loquilex-control")
         self.stop_requested = threading.Event()
         self.fd = fd
         self.backlog = backlog
         self.wake_fd = wake_fd
         self.quick = quick
+        self.stop_signal = stop_signal  # SIGUSR1: the supervisor is stopping us, out of band
         self.buf = bytearray(initial)
+
+    def stopping(self) -> bool:
+        return self.stop_signal.is_set() or self.stop_requested.is_set()
 
     def _read_more(self) -> bool:
         ready, _, _ = select.select([self.fd, self.wake_fd], [], [])
@@ -219,6 +231,15 @@ class ControlReader(threading.Thread):
         self.quick.set()  # EOF: the supervisor is gone
         self.backlog.put_control("eof", None, must=True)
 
+    def _audio(self, data: bytes, fmt: str) -> bool:
+        samples = len(data) // (4 if fmt == "f32le" else 2)
+        # backpressure while running; once stopping, the stop must not wait behind audio
+        self.backlog.wait_room(samples, lambda: self.quick.is_set() or self.stopping())
+        if self.quick.is_set():
+            return False
+        self.backlog.put_audio("pcm", (data, fmt), samples, len(data))
+        return True
+
     def run(self) -> None:
         while True:
             line = self._line()
@@ -239,8 +260,8 @@ class ControlReader(threading.Thread):
                     return self._gone()
                 if self.stop_requested.is_set():
                     continue  # audio after stop is not part of this session
-                fmt = msg.get("fmt", "s16le")
-                self.backlog.put_audio("pcm", (data, fmt), n // (4 if fmt == "f32le" else 2), n)
+                if not self._audio(data, msg.get("fmt", "s16le")):
+                    return self._gone()
             else:
                 if op == "stop":
                     # a file or microphone stops now; queued audio must not delay it
@@ -262,11 +283,10 @@ class FileFeeder(threading.Thread):
         if op != "audio":
             self.backlog.put_control(op, payload, must=True)
             return True
-        while self.backlog.full():
-            if self.stop.wait(0.02):
-                return False
-        self.backlog.put_audio(op, payload, len(payload), 0, wait=True)
-        return not self.stop.is_set()
+        if not self.backlog.wait_room(len(payload), self.stop.is_set):
+            return False
+        self.backlog.put_audio(op, payload, len(payload), 0, force=True)
+        return True
 
     def run(self) -> None:
         from .audio import AudioError, iter_file_chunks
@@ -303,7 +323,7 @@ class MicFeeder:
 
         def callback(indata, frames, time_info, status):
             chunk = indata[:, 0].astype(np.float32).copy()
-            backlog.put_audio("audio", chunk, len(chunk), chunk.nbytes)
+            backlog.put_audio("audio", chunk, len(chunk), chunk.nbytes)  # a real-time device: drop, never block
 
         try:
             self.stream = sounddevice.InputStream(
@@ -348,8 +368,10 @@ def main() -> int:
     fault = os.environ.get("LOQUILEX_WORKER_FAULT", "")
 
     quick = QuickExit()
+    stop_signal = QuickExit()
     stop_source = threading.Event()
     signal.signal(signal.SIGTERM, quick.set)
+    signal.signal(signal.SIGUSR1, stop_signal.set)
     if "ignore-sigterm" in fault:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -360,7 +382,7 @@ def main() -> int:
 
     backlog = Backlog()
     wake_r, wake_w = os.pipe()
-    reader = ControlReader(control_fd, backlog, wake_r, quick, rest)
+    reader = ControlReader(control_fd, backlog, wake_r, quick, stop_signal, rest)
     reader.start()
     feeder: FileFeeder | None = None
     mic: MicFeeder | None = None
@@ -414,7 +436,7 @@ def main() -> int:
                 time.sleep(0.1)
             return 0
         budget = float(cfg.get("stop_budget", STOP_BUDGET_S))
-        reason = run_loop(rec, backlog, quick, reader.stop_requested, stop_source, emit, source["kind"], budget)
+        reason = run_loop(rec, backlog, quick, reader.stopping, stop_source, emit, source["kind"], budget)
         rec.finalize(decode=reason.decode)
         emit("status", data={"state": "finished", "reason": reason.reason, "decode_cpu_s": round(rec.decode_cpu, 3),
                              "decodes": rec.decodes, **backlog.drops()})
@@ -468,7 +490,7 @@ class DropReporter:
         })
 
 
-def run_loop(rec, backlog: Backlog, quick, stop_requested, stop_source, emit, kind: str, stop_budget: float = STOP_BUDGET_S) -> Exit:
+def run_loop(rec, backlog: Backlog, quick, stopping, stop_source, emit, kind: str, stop_budget: float = STOP_BUDGET_S) -> Exit:
     from .audio import AudioError, pcm_to_float32
 
     report = DropReporter(backlog, emit)
@@ -477,7 +499,7 @@ def run_loop(rec, backlog: Backlog, quick, stop_requested, stop_source, emit, ki
         if quick.is_set():
             report(force=True)
             return Exit("terminated", decode=False)
-        if stop_requested.is_set():
+        if stopping():
             if kind != "push":
                 stop_source.set()
                 return Exit("stopped", decode=True)
