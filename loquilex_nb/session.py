@@ -101,9 +101,9 @@ class Session:
             raise
         self.pid = self._proc.pid
         payload = self.config.worker_payload()
-        # after `stop`, queued audio is decoded for at most half the grace: a flooded push
-        # session still ends on its own before SIGTERM
-        payload["stop_budget"] = self.grace / 2
+        # after `stop`, queued audio is decoded for at most a third of the grace: a flooded
+        # push session still finalizes and ends on its own before SIGTERM
+        payload["stop_budget"] = self.grace / 3
         payload = json.dumps(payload) + "\n"
         self._proc.stdin.write(payload.encode())
         self._tasks = [

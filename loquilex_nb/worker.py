@@ -37,6 +37,7 @@ BACKLOG_S = 20.0  # audio waiting for the recogniser; producers wait for room be
 MAX_CONTROL_ITEMS = 1000  # control messages waiting (finalize, bad lines...); more are dropped
 STOP_BUDGET_S = 1.5  # after `stop`, queued audio is decoded for at most this long (default)
 JOIN_S = 2.0  # bound on joining our own threads at exit; past it we leave with os._exit
+EXIT_DEADLINE_S = 1.0  # from SIGTERM / EOF to leaving, whatever the main thread is doing
 DROP_REPORT_S = 1.0
 
 
@@ -269,6 +270,37 @@ class ControlReader(threading.Thread):
                 self.backlog.put_control(op, msg, must=op == "stop")
 
 
+class SignalWatch(threading.Thread):
+    """Sees SIGTERM and SIGUSR1 at once, through the signal wakeup fd, even while the main
+    thread sits in a long native decode (Python runs its handlers only between bytecodes).
+    Once told to leave, the main thread gets `EXIT_DEADLINE_S`; past it we leave anyway."""
+
+    def __init__(self, sig_fd: int, wake_fd: int, quick: QuickExit, stop_signal: QuickExit, on_overdue) -> None:
+        super().__init__(name="loquilex-signals")
+        self.sig_fd = sig_fd
+        self.wake_fd = wake_fd
+        self.quick = quick
+        self.stop_signal = stop_signal
+        self.on_overdue = on_overdue
+
+    def run(self) -> None:
+        since: float | None = None
+        while True:
+            ready, _, _ = select.select([self.sig_fd, self.wake_fd], [], [], 0.1)
+            if self.wake_fd in ready:
+                return  # the main thread is in its exit path (bounded on its own)
+            if self.sig_fd in ready:
+                for num in os.read(self.sig_fd, 64):
+                    if num == signal.SIGTERM:
+                        self.quick.set()
+                    elif num == signal.SIGUSR1:
+                        self.stop_signal.set()
+            if self.quick.is_set():
+                since = since or time.monotonic()
+                if time.monotonic() - since > EXIT_DEADLINE_S:
+                    return self.on_overdue()
+
+
 class FileFeeder(threading.Thread):
     """Decodes the file and queues chunks, paced to the clock when realtime."""
 
@@ -374,6 +406,9 @@ def main() -> int:
     signal.signal(signal.SIGUSR1, stop_signal.set)
     if "ignore-sigterm" in fault:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sig_r, sig_w = os.pipe()
+    os.set_blocking(sig_w, False)
+    signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
 
     control_fd = sys.stdin.fileno()
     cfg, rest = read_config(control_fd, quick)
@@ -384,6 +419,13 @@ def main() -> int:
     wake_r, wake_w = os.pipe()
     reader = ControlReader(control_fd, backlog, wake_r, quick, stop_signal, rest)
     reader.start()
+
+    def overdue() -> None:
+        emit("error", data={"code": "worker-exit", "detail": f"still busy {EXIT_DEADLINE_S:g} s after being told to leave; leaving"})
+        os._exit(6)
+
+    watch = SignalWatch(sig_r, wake_r, quick, stop_signal, overdue)
+    watch.start()
     feeder: FileFeeder | None = None
     mic: MicFeeder | None = None
     writer = None
@@ -452,18 +494,19 @@ def main() -> int:
             mic.close()
         os.write(wake_w, b"x")
         deadline = time.monotonic() + JOIN_S
-        for thread in (feeder, reader):
+        for thread in (watch, feeder, reader):
             if thread is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))
         if writer is not None:
             writer.close()
-        stuck = [t.name for t in (feeder, reader) if t is not None and t.is_alive()]
+        stuck = [t.name for t in (watch, feeder, reader) if t is not None and t.is_alive()]
         if stuck:
             # never reached in a healthy worker; the exit must stay bounded regardless
             emit("error", data={"code": "worker-exit", "detail": f"threads {stuck} did not stop; leaving"})
             os._exit(code or 5)
-        os.close(wake_r)
-        os.close(wake_w)
+        signal.set_wakeup_fd(-1)
+        for fd in (wake_r, wake_w, sig_r, sig_w):
+            os.close(fd)
     return code
 
 
@@ -495,6 +538,7 @@ def run_loop(rec, backlog: Backlog, quick, stopping, stop_source, emit, kind: st
 
     report = DropReporter(backlog, emit)
     stop_seen: float | None = None
+    overrun = False  # the stop budget ran out: finish on the fast path
     while True:
         if quick.is_set():
             report(force=True)
@@ -507,8 +551,10 @@ def run_loop(rec, backlog: Backlog, quick, stopping, stop_source, emit, kind: st
             # session must still end within its grace
             now = time.monotonic()
             stop_seen = stop_seen or now
-            if now - stop_seen > stop_budget and backlog.discard_audio():
-                report(force=True)
+            if now - stop_seen > stop_budget:
+                overrun = True
+                if backlog.discard_audio():
+                    report(force=True)
         report()
         try:
             op, payload = backlog.get(timeout=0.05)
@@ -527,7 +573,7 @@ def run_loop(rec, backlog: Backlog, quick, stopping, stop_source, emit, kind: st
         elif op == "stop":
             # for a push source everything fed before the stop was queued ahead of it
             report(force=True)
-            return Exit("stopped", decode=True)
+            return Exit("stopped", decode=not overrun)
         elif op in ("source-end",):
             return Exit("end-of-source", decode=True)
         elif op == "source-error":
