@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -46,6 +47,30 @@ class Request(NamedTuple):
     config: SessionConfig
     path: str | None  # a file source, relative to root_dir, opened at admission
     overwrite: bool
+
+
+async def _in_own_thread(fn, *args):
+    """Run a short blocking call in a thread of its own, joined before returning (the default
+    executor would keep an idle thread in the server for good)."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def target() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_exception(exc))
+        else:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(result))
+
+    thread = threading.Thread(target=target, name="loquilex-probe")
+    thread.start()
+    try:
+        return await asyncio.shield(done)
+    finally:
+        while thread.is_alive():  # it has set the future: only its last steps are left
+            await asyncio.sleep(0.001)
+        thread.join()
 
 
 def _mkdirs(target: Path, made: list[Path]) -> None:
@@ -222,7 +247,7 @@ class SessionManager:
         fd = None
         if req.path is not None:
             try:
-                fd = await asyncio.to_thread(self._open_source, req.path)
+                fd = await _in_own_thread(self._open_source, req.path)
             except (ValueError, AudioError, OSError) as exc:
                 raise BadRequest(self._hide_roots(str(exc))) from None
         made: list[Path] = []

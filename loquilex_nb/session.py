@@ -27,6 +27,7 @@ EVENT_LINE_LIMIT = 4 * 1024 * 1024
 KILL_WAIT = 5.0
 STARTUP_ALLOWANCE = 10.0
 KILL_RESERVE = 1.0  # of a stop deadline, kept for SIGKILL and the reap
+STOP_RESERVE = 1.5  # of the grace, kept for a decode under way and the exit after a stop
 
 
 class SessionEnded(RuntimeError):
@@ -101,9 +102,9 @@ class Session:
             raise
         self.pid = self._proc.pid
         payload = self.config.worker_payload()
-        # after `stop`, queued audio is decoded for at most a third of the grace: a flooded
-        # push session still finalizes and ends on its own before SIGTERM
-        payload["stop_budget"] = self.grace / 3
+        # after `stop`, the audio queued ahead of it is decoded while the grace allows, with
+        # time left for the last decode: a flooded push session still ends on its own
+        payload["stop_budget"] = max(0.5, self.grace - STOP_RESERVE)
         payload = json.dumps(payload) + "\n"
         self._proc.stdin.write(payload.encode())
         self._tasks = [

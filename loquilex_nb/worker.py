@@ -51,8 +51,11 @@ class QuickExit:
 
     def __init__(self) -> None:
         self.flag = False
+        self.at: float | None = None  # when it was first set (monotonic)
 
     def set(self, *_: Any) -> None:
+        if self.at is None:
+            self.at = time.monotonic()
         self.flag = True
 
     def is_set(self) -> bool:
@@ -156,14 +159,23 @@ class Backlog:
         """Drop every queued audio chunk (a stop past its budget); control messages stay."""
         with self.room, self.items.mutex:
             kept = [item for item in self.items.queue if not item[2]]
-            gone = [item[2] for item in self.items.queue if item[2]]
+            gone = [item for item in self.items.queue if item[2]]
             self.items.queue.clear()
             self.items.queue.extend(kept)
-            self.samples -= sum(gone)
+            samples = sum(item[2] for item in gone)
+            self.samples -= samples
             self.dropped_frames += len(gone)
-            self.dropped_samples += sum(gone)
+            self.dropped_samples += samples
+            self.dropped_bytes += sum(len(item[1][0]) for item in gone if item[0] == "pcm")
             self.room.notify_all()
         return len(gone)
+
+    def count_drop(self, payload: Any) -> None:
+        data = payload[0] if isinstance(payload, tuple) else payload
+        with self.room:
+            self.dropped_frames += 1
+            self.dropped_bytes += len(data) if isinstance(data, bytes) else 0
+            self.dropped_samples += len(data) // 2 if isinstance(data, bytes) else len(data)
 
     def has_audio(self) -> bool:
         return self.samples > 0
@@ -478,7 +490,7 @@ def main() -> int:
                 time.sleep(0.1)
             return 0
         budget = float(cfg.get("stop_budget", STOP_BUDGET_S))
-        reason = run_loop(rec, backlog, quick, reader.stopping, stop_source, emit, source["kind"], budget)
+        reason = run_loop(rec, backlog, quick, reader.stopping, stop_source, emit, source["kind"], budget, lambda: stop_signal.at)
         rec.finalize(decode=reason.decode)
         emit("status", data={"state": "finished", "reason": reason.reason, "decode_cpu_s": round(rec.decode_cpu, 3),
                              "decodes": rec.decodes, **backlog.drops()})
@@ -533,7 +545,7 @@ class DropReporter:
         })
 
 
-def run_loop(rec, backlog: Backlog, quick, stopping, stop_source, emit, kind: str, stop_budget: float = STOP_BUDGET_S) -> Exit:
+def run_loop(rec, backlog: Backlog, quick, stopping, stop_source, emit, kind: str, stop_budget: float = STOP_BUDGET_S, stop_signal_at=lambda: None) -> Exit:
     from .audio import AudioError, pcm_to_float32
 
     report = DropReporter(backlog, emit)
@@ -550,7 +562,8 @@ def run_loop(rec, backlog: Backlog, quick, stopping, stop_source, emit, kind: st
             # the queued audio ahead of the stop is decoded, but only for so long: a flooded
             # session must still end within its grace
             now = time.monotonic()
-            stop_seen = stop_seen or now
+            # the budget runs from the signal, not from when a long decode let us notice it
+            stop_seen = stop_seen or min(now, stop_signal_at() or now)
             if now - stop_seen > stop_budget:
                 overrun = True
                 if backlog.discard_audio():
@@ -560,6 +573,9 @@ def run_loop(rec, backlog: Backlog, quick, stopping, stop_source, emit, kind: st
             op, payload = backlog.get(timeout=0.05)
         except queue.Empty:
             rec.tick(backlogged=False)
+            continue
+        if overrun and op in ("audio", "pcm"):
+            backlog.count_drop(payload)  # no decode may start once the budget is spent
             continue
         if op == "audio":
             rec.push(payload)
