@@ -49,9 +49,10 @@ class Request(NamedTuple):
     overwrite: bool
 
 
-async def _in_own_thread(fn, *args):
+async def _in_own_thread(fn, *args, discard=None):
     """Run a short blocking call in a thread of its own, joined before returning (the default
-    executor would keep an idle thread in the server for good)."""
+    executor would keep an idle thread in the server for good). If we are cancelled meanwhile,
+    `discard` gets the result nobody will use (e.g. closes an fd)."""
     loop = asyncio.get_running_loop()
     done = loop.create_future()
 
@@ -67,6 +68,11 @@ async def _in_own_thread(fn, *args):
     thread.start()
     try:
         return await asyncio.shield(done)
+    except asyncio.CancelledError:
+        await asyncio.wait([done])
+        if discard is not None and done.exception() is None:
+            discard(done.result())
+        raise
     finally:
         while thread.is_alive():  # it has set the future: only its last steps are left
             await asyncio.sleep(0.001)
@@ -247,7 +253,7 @@ class SessionManager:
         fd = None
         if req.path is not None:
             try:
-                fd = await _in_own_thread(self._open_source, req.path)
+                fd = await _in_own_thread(self._open_source, req.path, discard=os.close)
             except (ValueError, AudioError, OSError) as exc:
                 raise BadRequest(self._hide_roots(str(exc))) from None
         made: list[Path] = []
