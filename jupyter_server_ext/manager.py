@@ -60,7 +60,7 @@ async def _in_own_thread(fn, *args, discard=None):
         try:
             result = fn(*args)
         except BaseException as exc:
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_exception(exc))
+            loop.call_soon_threadsafe(lambda e=exc: done.done() or done.set_exception(e))
         else:
             loop.call_soon_threadsafe(lambda: done.done() or done.set_result(result))
 
