@@ -300,6 +300,7 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             conn.error("audio-dropped", f"frame dropped: {busy}; {conn.audio_dropped} frames dropped so far", counted=False)
             return
         hub.bytes_in_flight += len(data)
+        conn.held = True
         try:
             # awaited: tornado reads this socket's next frame only after the pipe took this one
             await self.session.feed(data, "s16le")
@@ -307,6 +308,8 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             conn.error("session-ended", str(exc))
         finally:
             hub.bytes_in_flight -= len(data)
+            conn.held = False
+            conn.touch()  # its next message waited on us, not on the client
 
     def _cancel_hello_timer(self) -> None:
         if self._hello_timer is not None:

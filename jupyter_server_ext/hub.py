@@ -89,12 +89,16 @@ class Connection:
         self.dropped = 0
         self.errors = 0
         self.audio_dropped = 0
+        self.held = False  # we are holding back this client's audio (backpressure): not silent
         self._bucket = limits.max_messages_per_second
         self._bucket_t = time.monotonic()
 
     # -- inbound bookkeeping --------------------------------------------------------------
     def touch(self) -> None:
         self.last_recv = time.monotonic()
+
+    def silent_for(self) -> float:
+        return 0.0 if self.held else time.monotonic() - self.last_recv
 
     def allow_message(self) -> bool:
         """Token bucket: at most max_messages_per_second on average, bursts of one second."""
@@ -146,7 +150,7 @@ class Connection:
                 if env["type"] == "eos":
                     return self._finish()
             while not self.closed:
-                if time.monotonic() - self.last_recv > self.limits.hb_timeout:
+                if self.silent_for() > self.limits.hb_timeout:
                     # checked on every turn: a busy stream must not hide a silent client
                     self.close(CLOSE_HB_TIMEOUT, "heartbeat timeout")
                     return
@@ -170,7 +174,7 @@ class Connection:
         self.close(CLOSE_ENDED, "session ended")
 
     def _heartbeat(self) -> None:
-        if time.monotonic() - self.last_recv > self.limits.hb_timeout:
+        if self.silent_for() > self.limits.hb_timeout:
             self.close(CLOSE_HB_TIMEOUT, "heartbeat timeout")
             return
         self._queue.append((envelope("hb", self.channel.sid, None, {"queue_depth": len(self._queue), "dropped": self.dropped}), None))
