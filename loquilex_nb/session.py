@@ -27,7 +27,7 @@ EVENT_LINE_LIMIT = 4 * 1024 * 1024
 KILL_WAIT = 5.0
 STARTUP_ALLOWANCE = 10.0
 KILL_RESERVE = 1.0  # of a stop deadline, kept for SIGKILL and the reap
-STOP_RESERVE = 1.5  # of the grace, kept for a decode under way and the exit after a stop
+STOP_RESERVE = 1.0  # of the grace, kept for a decode under way and the exit after a stop
 
 
 class SessionEnded(RuntimeError):
