@@ -534,19 +534,14 @@ async def row_corrupt_audio(srv, counters) -> dict:
     shutil.copy(CORRUPT, srv.root / "corrupt.wav")
     base = counters(await srv.resources())
     t_fault = time.monotonic()
-    info = await post(srv, {"source": {"kind": "file", "path": "corrupt.wav", "realtime": False}})
-    w = Watcher(srv, info["id"])
-    await w.connect()
-    await w.wait_closed()
+    # probed before any process starts: a 400, not a crashed worker (issue 9)
+    code, answer = await srv.rest("POST", "loquilex/api/sessions", {"source": {"kind": "file", "path": "corrupt.wav", "realtime": False}})
     t_end = time.monotonic()
-    end = await srv.api("GET", f"sessions/{info['id']}")
-    await w.aclose()
-    left = await server_settle(srv, base, [info["pid"]], counters)
+    left = await server_settle(srv, base, [], counters)
     row = {
         "fault": "corrupt audio", "mode": "server",
         "how": "file session on `tests/fixtures/corrupt.wav` (RIFF header with an invalid format tag), non-realtime",
-        "user_sees": w.story(), "end": end["end"]["kind"], "end_detail": end["end"]["detail"], "expected_end": "crashed",
-        "events": await server_lost(srv, w, info["id"], base, counters), "finals_delivered": w.finals(), "finals_on_disk": final_lines(end["out_dir"]),
+        "user_sees": f"HTTP {code}: {answer.get('message', '') if isinstance(answer, dict) else answer}", "end": f"refused ({code})", "expected_end": "refused (400)",
         "time_to_end_s": round(t_end - t_fault, 3),
     }
     return finish_row(row, left, t_fault)

@@ -31,6 +31,7 @@ os.environ.setdefault("LOQUILEX_MODE", "embedded")  # the bench's own sessions n
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from asr import bench_asr  # noqa: E402
+from abuse import bench_abuse  # noqa: E402
 from faults import bench_faults  # noqa: E402
 from measure import REPO, machine  # noqa: E402
 from longaudio import make_long  # noqa: E402
@@ -148,6 +149,10 @@ async def server_sections(mode: str, cfg: dict, tmp: Path, results: dict, timing
     ftmp = tmp / "faults"
     ftmp.mkdir()
     results["faults"] = await part("faults", lambda: bench_faults(ftmp, log, make_server, stop_server, counters, None if "error" in stall else stall))
+    abuse = await part("abuse", lambda: bench_abuse(ftmp, log, make_server, stop_server, counters, quick))
+    if "rows" in results["faults"]:  # hostile clients (issue 9): rows of the same matrix
+        results["faults"]["rows"] += abuse.get("rows") or [{"fault": "abuse rows", "error": abuse.get("error", "?"), "resources_left_total": None}]
+        results["faults"]["all_clean"] = all(r.get("resources_left_total") == 0 for r in results["faults"]["rows"])
 
     # 4. create/stop cycles with what is left of the budget
     target = cfg["cycles"]

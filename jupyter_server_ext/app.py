@@ -35,6 +35,14 @@ class LoquilexApp(ExtensionApp):
     stop_timeout = Float(20.0, help="Upper bound on stop_extension.").tag(config=True)
     stop_on_kernel_restart = Bool(True, help="Stop a kernel's sessions when it restarts.").tag(config=True)
 
+    # -- limits against hostile or careless clients (issue 9) --
+    hello_timeout = Float(10.0, help="A WebSocket that sends no hello within this many seconds is closed (1008).").tag(config=True)
+    max_connections = Int(256, help="WebSockets open at once in this server, over all sessions (more are closed with 1013).").tag(config=True)
+    max_connections_per_session = Int(32, help="WebSockets open at once to one session (more are closed with 1013).").tag(config=True)
+    max_audio_writers = Int(1, help="Connections that may feed audio to one push session; others get a writer-busy error.").tag(config=True)
+    max_bytes_in_flight = Int(4 << 20, help="PCM bytes accepted for one session and not yet taken by its worker; frames past it are dropped with an audio-dropped error.").tag(config=True)
+    max_total_bytes_in_flight = Int(64 << 20, help="The same bound over all sessions of this server.").tag(config=True)
+
     @default("output_root")
     def _default_output_root(self) -> str:
         return os.path.join(self.serverapp.root_dir, "loquilex-captions")
@@ -47,6 +55,12 @@ class LoquilexApp(ExtensionApp):
             send_queue_limit=self.send_queue_limit,
             max_message_bytes=self.max_message_bytes,
             max_messages_per_second=self.max_messages_per_second,
+            hello_timeout=self.hello_timeout,
+            max_connections=self.max_connections,
+            max_connections_per_session=self.max_connections_per_session,
+            max_audio_writers=self.max_audio_writers,
+            max_bytes_in_flight=self.max_bytes_in_flight,
+            max_total_bytes_in_flight=self.max_total_bytes_in_flight,
         )
         supervisor = Supervisor(
             max_sessions=self.max_sessions,
@@ -76,6 +90,6 @@ class LoquilexApp(ExtensionApp):
     async def stop_extension(self) -> None:
         """Stop every session and close every socket, bounded in time; never raises."""
         try:
-            await asyncio.wait_for(self.manager.shutdown(), self.stop_timeout)
+            await asyncio.wait_for(self.manager.shutdown(self.stop_timeout), self.stop_timeout)
         except BaseException as exc:  # an exception here can keep the server from exiting
             self.log.error("loquilex: stop_extension did not finish cleanly: %r", exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -14,10 +15,13 @@ from tornado.websocket import WebSocketHandler
 from loquilex_nb.session import SessionEnded
 from loquilex_nb.supervisor import SessionLimitError
 
-from .hub import CLOSE_POLICY, CLOSE_TOO_BIG, Connection
-from .manager import BadRequest, SessionManager
+from .hub import CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_LATER, Connection, envelope
+from .manager import BadRequest, Conflict, SessionManager
 
 AUTH_RESOURCE = "loquilex"
+MAX_BODY = 64 * 1024  # a session request is a few hundred bytes
+# each client message needs the action of its REST twin (GET / POST finalize / DELETE)
+WS_ACTIONS = {"hello": "read", "ack": "read", "hb": "read", "pcm": "write", "finalize": "write", "stop": "write"}
 CAPTION_FILES = {
     "vtt": ("captions.vtt", "text/vtt; charset=utf-8", "vtt"),
     "srt": ("captions.srt", "application/x-subrip; charset=utf-8", "srt"),
@@ -59,6 +63,8 @@ class SessionsHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
+        if len(self.request.body or b"") > MAX_BODY:
+            return self.fail(413, "too-big", f"the request body is over {MAX_BODY} bytes")
         try:
             body = json.loads(self.request.body or b"{}")
         except (ValueError, RecursionError):
@@ -67,6 +73,8 @@ class SessionsHandler(BaseHandler):
             session = await self.manager.create(body)
         except BadRequest as exc:
             return self.fail(400, "bad-request", str(exc))
+        except Conflict as exc:
+            return self.fail(409, "conflict", str(exc))
         except SessionLimitError as exc:
             return self.fail(429, "too-many-sessions", str(exc))
         except RuntimeError as exc:
@@ -126,6 +134,16 @@ class ResourcesHandler(BaseHandler):
         self.finish(self.manager.resources())
 
 
+class NotFoundHandler(BaseHandler):
+    """Any other URL under /loquilex: a JSON 404, not Jupyter's HTML page."""
+
+    @web.authenticated
+    def get(self, *args: Any, **kwargs: Any) -> None:
+        raise web.HTTPError(404, f"no loquilex route {self.request.path!r}")
+
+    post = put = delete = patch = head = get
+
+
 class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
     """The session's event stream; origin checks and ping/pong as jupyter_server's own sockets."""
 
@@ -135,14 +153,23 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         self.manager = manager
         self.conn: Connection | None = None
         self.session = None
+        self.registered = False
+        self._hello_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def max_message_size(self) -> int:  # type: ignore[override]
+        """Tornado reads a whole frame before on_message: cap it near our own limit, not 10 MiB."""
+        return 2 * self.manager.hub.limits.max_message_bytes + 65536
+
+    async def allowed(self, action: str) -> bool:
+        return bool(await _maybe_await(self.authorizer.is_authorized(self, self.current_user, action, AUTH_RESOURCE)))
 
     def set_default_headers(self) -> None:
         """JupyterHandler's headers make no sense for a WebSocket upgrade."""
 
     @ws_authenticated
     async def get(self, sid: str) -> None:
-        user = self.current_user
-        if not await _maybe_await(self.authorizer.is_authorized(self, user, "execute", AUTH_RESOURCE)):
+        if not await self.allowed("read"):  # watching is GET's twin; sending is checked per message
             raise web.HTTPError(403)
         session = self.manager.get(sid)
         if session is None:
@@ -152,11 +179,24 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
 
     async def open(self, sid: str) -> None:  # type: ignore[override]
         super().open()  # jupyter_server's ping loop
-        self.hello_done = False
+        hub = self.manager.hub
+        refused = hub.admit_socket(sid, self)
+        if refused:
+            self.close(CLOSE_TRY_LATER, refused)
+            return
+        self.registered = True
+        self._hello_timer = asyncio.get_running_loop().call_later(hub.limits.hello_timeout, self._no_hello)
+
+    def _no_hello(self) -> None:
+        self._hello_timer = None
+        if self.conn is None:
+            self.close(CLOSE_POLICY, f"no hello within {self.manager.hub.limits.hello_timeout:g} s")
 
     async def on_message(self, message: str | bytes) -> None:
         limits = self.manager.hub.limits
         conn = self.conn
+        if not self.registered:
+            return
         if conn is None:
             return await self._hello(message)
         conn.touch()
@@ -168,12 +208,16 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             conn.error("rate-limit", f"more than {limits.max_messages_per_second:g} messages per second")
             return
         if isinstance(message, bytes):
+            if await self._forbidden(conn, "pcm"):
+                return
             return await self._pcm(conn, message)
         try:
             msg = json.loads(message)
             kind = msg["type"]
         except (ValueError, KeyError, TypeError, RecursionError):
             conn.error("bad-message", "messages are JSON objects with a 'type'")
+            return
+        if isinstance(kind, str) and await self._forbidden(conn, kind):
             return
         if kind == "hb":
             return
@@ -195,6 +239,13 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             return
         conn.error("unknown-type", f"unknown message type {str(kind)[:40]!r}")
 
+    async def _forbidden(self, conn: Connection, kind: str) -> bool:
+        action = WS_ACTIONS.get(kind)
+        if action is None or action == "read" or await self.allowed(action):
+            return False
+        conn.error("forbidden", f"{kind!r} needs {action!r} permission on {AUTH_RESOURCE!r}")
+        return True
+
     async def _hello(self, message: str | bytes) -> None:
         try:
             if isinstance(message, bytes) or _size(message) > self.manager.hub.limits.max_message_bytes:
@@ -211,6 +262,7 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         except (ValueError, AttributeError, TypeError, RecursionError):
             self.close(CLOSE_POLICY, "the first message must be hello {last_seq?, resume_token?}")
             return
+        self._cancel_hello_timer()
         limits = self.manager.hub.limits
         conn = self.manager.hub.connection(self.session, self.write_message, self.close)
         self.conn = conn
@@ -223,11 +275,11 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
                 "max_message_bytes": limits.max_message_bytes,
                 "max_messages_per_second": limits.max_messages_per_second,
                 "send_queue_limit": limits.send_queue_limit,
+                "max_audio_writers": limits.max_audio_writers,
+                "max_bytes_in_flight": limits.max_bytes_in_flight,
             },
             "session": self.session.info(),
         }
-        from .hub import envelope
-
         await self.write_message(json.dumps(envelope("welcome", self.session.id, None, welcome)))
         conn.channel.attach(conn, last_seq, token)
 
@@ -238,12 +290,37 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         if len(data) % 2:
             conn.error("bad-pcm", "PCM frames must be int16 little-endian (even length)")
             return
+        hub = self.manager.hub
+        if not conn.channel.claim_writer(conn):
+            conn.error("writer-busy", f"another connection feeds this session's audio (at most {hub.limits.max_audio_writers})", counted=False)
+            return
+        busy = hub.audio_budget(self.session, len(data))
+        if busy:
+            conn.audio_dropped += 1
+            conn.error("audio-dropped", f"frame dropped: {busy}; {conn.audio_dropped} frames dropped so far", counted=False)
+            return
+        hub.bytes_in_flight += len(data)
+        conn.held = True
         try:
+            # awaited: tornado reads this socket's next frame only after the pipe took this one
             await self.session.feed(data, "s16le")
         except SessionEnded as exc:
             conn.error("session-ended", str(exc))
+        finally:
+            hub.bytes_in_flight -= len(data)
+            conn.held = False
+            conn.touch()  # its next message waited on us, not on the client
+
+    def _cancel_hello_timer(self) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
 
     def on_close(self) -> None:
+        self._cancel_hello_timer()
+        if self.registered:
+            self.registered = False
+            self.manager.hub.forget_socket(self.path_kwargs.get("sid", ""), self)
         if self.conn is not None:
             # any drop before eos may be resumed, including a laggard we cut off (4008)
             clean = self.conn.finished or self.manager.hub.closing
@@ -272,4 +349,5 @@ def handlers(manager: SessionManager) -> list[tuple[str, type, dict]]:
         (rf"/loquilex/api/sessions/{sid}/captions\.(?P<fmt>vtt|srt|txt)", CaptionsHandler, kw),
         (rf"/loquilex/api/sessions/{sid}/events", EventsHandler, kw),
         (r"/loquilex/api/resources", ResourcesHandler, kw),
+        (r"/loquilex/(?P<rest>.*)", NotFoundHandler, kw),  # last: our other URLs answer JSON too
     ]

@@ -28,6 +28,7 @@ CLOSE_TOO_BIG = 1009
 CLOSE_SLOW = 4008
 CLOSE_HB_TIMEOUT = 4009
 CLOSE_REPLACED = 4010
+CLOSE_TRY_LATER = 1013
 MAX_ERRORS = 20
 SNAPSHOT_FINALS = 50
 
@@ -40,6 +41,13 @@ class Limits:
     send_queue_limit: int
     max_message_bytes: int
     max_messages_per_second: float
+    # abuse limits (see LoquilexApp's traitlets); the defaults suit tests that build Limits
+    hello_timeout: float = 10.0
+    max_connections: int = 256
+    max_connections_per_session: int = 32
+    max_audio_writers: int = 1
+    max_bytes_in_flight: int = 4 << 20
+    max_total_bytes_in_flight: int = 64 << 20
 
 
 def envelope(type_: str, sid: str, seq: int | None, data: dict[str, Any] | None) -> dict[str, Any]:
@@ -80,12 +88,17 @@ class Connection:
         self.acked = 0
         self.dropped = 0
         self.errors = 0
+        self.audio_dropped = 0
+        self.held = False  # we are holding back this client's audio (backpressure): not silent
         self._bucket = limits.max_messages_per_second
         self._bucket_t = time.monotonic()
 
     # -- inbound bookkeeping --------------------------------------------------------------
     def touch(self) -> None:
         self.last_recv = time.monotonic()
+
+    def silent_for(self) -> float:
+        return 0.0 if self.held else time.monotonic() - self.last_recv
 
     def allow_message(self) -> bool:
         """Token bucket: at most max_messages_per_second on average, bursts of one second."""
@@ -98,8 +111,9 @@ class Connection:
         self._bucket -= 1.0
         return True
 
-    def error(self, code: str, detail: str) -> None:
-        self.errors += 1
+    def error(self, code: str, detail: str, counted: bool = True) -> None:
+        """`counted`: a client fault (too many close the socket); not for limits it may hit."""
+        self.errors += counted
         self.enqueue(envelope("error", self.channel.sid, None, {"code": code, "detail": detail}))
         if self.errors >= MAX_ERRORS:
             self.close(CLOSE_POLICY, "too many bad messages")
@@ -136,7 +150,7 @@ class Connection:
                 if env["type"] == "eos":
                     return self._finish()
             while not self.closed:
-                if time.monotonic() - self.last_recv > self.limits.hb_timeout:
+                if self.silent_for() > self.limits.hb_timeout:
                     # checked on every turn: a busy stream must not hide a silent client
                     self.close(CLOSE_HB_TIMEOUT, "heartbeat timeout")
                     return
@@ -160,7 +174,7 @@ class Connection:
         self.close(CLOSE_ENDED, "session ended")
 
     def _heartbeat(self) -> None:
-        if time.monotonic() - self.last_recv > self.limits.hb_timeout:
+        if self.silent_for() > self.limits.hb_timeout:
             self.close(CLOSE_HB_TIMEOUT, "heartbeat timeout")
             return
         self._queue.append((envelope("hb", self.channel.sid, None, {"queue_depth": len(self._queue), "dropped": self.dropped}), None))
@@ -200,6 +214,7 @@ class Channel:
         self.session = session
         self.sid = session.id
         self.connections: set[Connection] = set()
+        self.writers: set[Connection] = set()  # connections that sent audio (push sessions)
         self.pins: dict[str, tuple[int, float]] = {}  # token -> (seq, expires at)
         self._unsubscribe = session.subscribe(self._on_event)
 
@@ -233,8 +248,19 @@ class Channel:
         self.connections.add(conn)
         conn.start(replay)
 
+    def claim_writer(self, conn: Connection) -> bool:
+        """At most `max_audio_writers` connections feed audio; the first ones to send keep it."""
+        if conn in self.writers:
+            return True
+        self.writers = {c for c in self.writers if not c.closed}
+        if len(self.writers) >= self.hub.limits.max_audio_writers:
+            return False
+        self.writers.add(conn)
+        return True
+
     def detach(self, conn: Connection, clean: bool) -> None:
         self.connections.discard(conn)
+        self.writers.discard(conn)
         if not clean:
             seq = conn.acked or conn.last_sent_seq
             self.pins[conn.token] = (seq, time.monotonic() + conn.limits.replay_window)
@@ -259,6 +285,38 @@ class Hub:
         self.channels: dict[str, Channel] = {}
         self.closing = False
         self._closing: set[asyncio.Task] = set()
+        # every open socket by session id, hello or not: counted against the connection
+        # limits and closed at shutdown (1001) like the ones that said hello
+        self.sockets: dict[str, set[Any]] = {}
+        self.bytes_in_flight = 0
+
+    # -- sockets before and after hello ----------------------------------------------------
+    def admit_socket(self, sid: str, sock: Any) -> str | None:
+        """Register an opened socket; returns why it must be refused, or None."""
+        if self.closing:
+            return "server shutting down"
+        total = sum(len(v) for v in self.sockets.values())
+        if total >= self.limits.max_connections:
+            return f"too many connections ({self.limits.max_connections} in all)"
+        if len(self.sockets.get(sid, ())) >= self.limits.max_connections_per_session:
+            return f"too many connections to this session ({self.limits.max_connections_per_session})"
+        self.sockets.setdefault(sid, set()).add(sock)
+        return None
+
+    def forget_socket(self, sid: str, sock: Any) -> None:
+        socks = self.sockets.get(sid)
+        if socks is not None:
+            socks.discard(sock)
+            if not socks:
+                del self.sockets[sid]
+
+    def audio_budget(self, session: Session, n: int) -> str | None:
+        """Why `n` more bytes of PCM cannot be in flight now, or None."""
+        if session.bytes_in_flight + n > self.limits.max_bytes_in_flight:
+            return f"{session.bytes_in_flight} bytes of audio are still in flight to this session (limit {self.limits.max_bytes_in_flight})"
+        if self.bytes_in_flight + n > self.limits.max_total_bytes_in_flight:
+            return f"{self.bytes_in_flight} bytes of audio are in flight in this server (limit {self.limits.max_total_bytes_in_flight})"
+        return None
 
     def channel(self, session: Session) -> Channel:
         ch = self.channels.get(session.id)
@@ -290,6 +348,9 @@ class Hub:
 
     async def shutdown(self) -> None:
         self.closing = True
+        for socks in list(self.sockets.values()):
+            for sock in list(socks):
+                sock.close(CLOSE_SHUTDOWN, "server shutting down")  # sockets that never said hello too
         for ch in list(self.channels.values()):
             for conn in list(ch.connections):
                 conn.close(CLOSE_SHUTDOWN, "server shutting down")

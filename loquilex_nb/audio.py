@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+import os
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -13,18 +14,48 @@ class AudioError(Exception):
     """The audio could not be read or decoded; the message says why."""
 
 
-def iter_file_chunks(path: str, chunk_seconds: float = 0.1) -> Iterator[np.ndarray]:
-    """Decode any file PyAV reads, resampled to 16 kHz mono, in fixed-size chunks.
+def _plain(exc: Exception) -> str:
+    """FFmpeg's message without the errno PyAV shows (`[Errno 1094995529] Invalid data`)."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    return str(text).split("; last error log:")[0]
 
-    Streams frame by frame so a long recording never sits in memory whole.
+
+def probe(fd: int, name: str) -> None:
+    """Cheap check, before any process starts, that ``fd`` holds decodable audio: the
+    container opens, has an audio stream, and its first audio frame decodes. Leaves the
+    file offset at 0 (the worker reads the same open file)."""
+    import av
+
+    f = os.fdopen(os.dup(fd), "rb")
+    try:
+        with av.open(f, mode="r") as container:
+            if not container.streams.audio:
+                raise AudioError(f"{name!r} has no audio stream")
+            for _ in container.decode(container.streams.audio[0]):
+                break
+            else:
+                raise AudioError(f"{name!r} holds no decodable audio")
+    except AudioError:
+        raise
+    except Exception as exc:  # PyAV raises many error classes; all mean "not audio we can read"
+        raise AudioError(f"{name!r} is not an audio file we can decode ({_plain(exc)})") from None
+    finally:
+        f.close()
+        os.lseek(fd, 0, os.SEEK_SET)
+
+
+def iter_file_chunks(source: Any, chunk_seconds: float = 0.1) -> Iterator[np.ndarray]:
+    """Decode any file PyAV reads (a path or an open binary file), resampled to 16 kHz mono,
+    in fixed-size chunks. Streams frame by frame so a long recording never sits in memory whole.
     """
     import av
 
+    path = source if isinstance(source, str) else getattr(source, "name", "audio")
     chunk = max(1, int(chunk_seconds * SAMPLE_RATE))
     try:
-        container = av.open(path, mode="r")
+        container = av.open(source, mode="r")
     except Exception as exc:  # PyAV raises many error classes; all mean "unreadable"
-        raise AudioError(f"cannot open audio file {path!r}: {exc}") from exc
+        raise AudioError(f"cannot open audio file {path!r}: {_plain(exc)}") from exc
     try:
         if not container.streams.audio:
             raise AudioError(f"{path!r} has no audio stream")
@@ -41,7 +72,7 @@ def iter_file_chunks(path: str, chunk_seconds: float = 0.1) -> Iterator[np.ndarr
             for out in resampler.resample(None):
                 pending = np.concatenate([pending, out.to_ndarray().reshape(-1)])
         except av.error.FFmpegError as exc:
-            raise AudioError(f"cannot decode audio file {path!r}: {exc}") from exc
+            raise AudioError(f"cannot decode audio file {path!r}: {_plain(exc)}") from exc
         while len(pending):
             yield pending[:chunk]
             pending = pending[chunk:]

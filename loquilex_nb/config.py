@@ -10,6 +10,16 @@ from typing import Any, Mapping
 
 FORMATS = ("vtt", "srt", "txt")
 SAMPLE_RATE = 16000
+MAX_FINAL_LINES = 10000
+MAX_STRING = 4096  # any string option; longer is refused before a process starts
+# Whisper's language codes (faster_whisper.tokenizer._LANGUAGE_CODES; a test keeps them equal),
+# copied so that validating a request does not import the ASR stack into the server
+LANGUAGES = frozenset(
+    "af am ar as az ba be bg bn bo br bs ca cs cy da de el en es et eu fa fi fo fr gl gu ha haw he hi "
+    "hr ht hu hy id is it ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nl nn no "
+    "oc pa pl ps pt ro ru sa sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz vi yi yo "
+    "zh yue".split()
+)
 
 
 def default_model_dir() -> Path:
@@ -56,8 +66,9 @@ class AsrConfig:
         _check_range("max_segment", self.max_segment, 2.0, 28.0)
         _check_range("batch_window", self.batch_window, 2.0, 28.0)
         _check_range("context_chars", self.context_chars, 0, 1000, int)
-        if not isinstance(self.language, str) or not self.language:
-            raise ValueError(f"language must be a language code, got {self.language!r}")
+        if not isinstance(self.language, str) or self.language not in LANGUAGES:
+            shown = self.language[:40] + "..." if isinstance(self.language, str) and len(self.language) > 40 else self.language
+            raise ValueError(f"language must be one of Whisper's language codes (e.g. 'en', 'de'), got {shown!r}")
 
 
 def _check_range(name: str, value: Any, lo: float, hi: float, kind: type = float) -> None:
@@ -69,6 +80,23 @@ def _check_range(name: str, value: Any, lo: float, hi: float, kind: type = float
 
 
 ASR_KEYS = {f.name for f in dataclasses.fields(AsrConfig)}
+# the options of a session besides the ASR ones (lx.session keyword arguments)
+SESSION_KEYS = {"out", "formats", "final_lines", "realtime"}
+SERVER_SET = {"model"}  # in server mode a traitlet sets these, never a client
+
+
+def option_names(server: bool = False) -> list[str]:
+    """Every option a caller may set: the one list error messages show."""
+    names = (ASR_KEYS | SESSION_KEYS) - (SERVER_SET if server else set())
+    return sorted(names)
+
+
+def check_options(options: Mapping[str, Any], server: bool = False) -> None:
+    """Unknown keys are an error, not silently ignored: a typo must not change behaviour."""
+    known = option_names(server)
+    unknown = sorted(str(k)[:40] for k in options if k not in known)
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
 
 
 @dataclass(frozen=True)
@@ -81,10 +109,21 @@ class SessionConfig:
     formats: tuple[str, ...] = FORMATS
     final_lines: int = 50
     owner: str | None = None
+    # a file the server opened confined to its root; handed to the worker instead of the path
+    source_fd: int | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        fl = self.final_lines
+        if isinstance(fl, bool) or not isinstance(fl, int) or not 1 <= fl <= MAX_FINAL_LINES:
+            raise ValueError(f"final_lines must be a whole number from 1 to {MAX_FINAL_LINES}, got {fl!r}")
+        parse_formats(self.formats)
 
     def worker_payload(self) -> dict[str, Any]:
+        source = dict(self.source)
+        if self.source_fd is not None:
+            source["fd"] = self.source_fd
         return {
-            "source": dict(self.source),
+            "source": source,
             "out_dir": self.out_dir,
             "asr": dataclasses.asdict(self.asr),
             "formats": list(self.formats),
@@ -95,21 +134,24 @@ class SessionConfig:
 def parse_formats(formats: Any) -> tuple[str, ...]:
     if isinstance(formats, str):
         formats = [f.strip() for f in formats.split(",") if f.strip()]
-    try:
-        items = tuple(formats)
-    except TypeError:
-        raise ValueError(f"formats must be a list of {FORMATS}, got {formats!r}") from None
-    bad = [f for f in items if f not in FORMATS]
+    if not isinstance(formats, (list, tuple)):
+        # a dict or a set would be iterated silently (keys, random order)
+        raise ValueError(f"formats must be a list of {FORMATS}, got {type(formats).__name__}")
+    items = tuple(formats)
+    bad = [f for f in items if not isinstance(f, str) or f not in FORMATS]
     if bad or not items:
-        raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {formats!r}")
+        raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {str(formats)[:200]}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"formats lists a format twice: {list(items)}")
     return items
 
 
 def build_asr_config(options: Mapping[str, Any]) -> AsrConfig:
     """Unknown keys are an error, not silently ignored: a typo must not change behaviour."""
-    unknown = sorted(set(options) - ASR_KEYS)
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; known: {sorted(ASR_KEYS)}")
+    check_options(options)
+    misplaced = sorted(set(options) & SESSION_KEYS)
+    if misplaced:
+        raise ValueError(f"{misplaced} are session options, not ASR options")
     values = dict(options)
     model = values.get("model") or str(default_model_dir())
     values["model"] = str(Path(model).expanduser())

@@ -26,6 +26,8 @@ STDERR_TAIL = 20
 EVENT_LINE_LIMIT = 4 * 1024 * 1024
 KILL_WAIT = 5.0
 STARTUP_ALLOWANCE = 10.0
+KILL_RESERVE = 1.0  # of a stop deadline, kept for SIGKILL and the reap
+STOP_RESERVE = 1.0  # of the grace, kept for a decode under way and the exit after a stop
 
 
 class SessionEnded(RuntimeError):
@@ -72,6 +74,8 @@ class Session:
         self._subscribers: list[Callable[[Event], None]] = []
         self._worker_error: str | None = None
         self._stop_sent = False
+        self.bytes_in_flight = 0  # PCM handed to feed() and not yet taken by the pipe
+        self._handles_usr1 = False
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -81,9 +85,11 @@ class Session:
         env["LOQUILEX_PARENT_PID"] = str(os.getpid())
         env["HF_HUB_OFFLINE"] = "1"
         env.setdefault("PYTHONUNBUFFERED", "1")
+        fd = self.config.source_fd
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *self._argv,
+                pass_fds=(fd,) if fd is not None else (),  # the confined source file, same number
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -95,7 +101,11 @@ class Session:
             self._finish(EndReason("crashed", None, f"cannot start worker: {exc}"))
             raise
         self.pid = self._proc.pid
-        payload = json.dumps(self.config.worker_payload()) + "\n"
+        payload = self.config.worker_payload()
+        # after `stop`, the audio queued ahead of it is decoded while the grace allows, with
+        # time left for the last decode: a flooded push session still ends on its own
+        payload["stop_budget"] = max(0.5, self.grace - STOP_RESERVE)
+        payload = json.dumps(payload) + "\n"
         self._proc.stdin.write(payload.encode())
         self._tasks = [
             asyncio.create_task(self._read_events(), name=f"loquilex-events-{self.id}"),
@@ -114,31 +124,44 @@ class Session:
             return None
         return self.end
 
-    async def stop(self, grace: float | None = None) -> EndReason:
-        """Run the stop ladder once; concurrent callers share it. Never raises for a dead worker."""
+    async def stop(self, grace: float | None = None, deadline: float | None = None) -> EndReason:
+        """Run the stop ladder once; concurrent callers share it. Never raises for a dead worker.
+
+        ``deadline`` (monotonic) caps the whole ladder: the polite part shrinks so that
+        SIGTERM, its grace and SIGKILL still fit before it (server shutdown uses one deadline
+        for every session)."""
         if self._ladder is None:
-            self._ladder = asyncio.create_task(self._stop_ladder(self.grace if grace is None else grace), name=f"loquilex-stop-{self.id}")
+            self._ladder = asyncio.create_task(self._stop_ladder(self.grace if grace is None else grace, deadline), name=f"loquilex-stop-{self.id}")
         await asyncio.shield(self._ladder)
         assert self.end is not None
         return self.end
 
-    async def close(self) -> None:
+    async def close(self, deadline: float | None = None) -> None:
         """Stop and wait for every task this session owns."""
-        await self.stop()
+        await self.stop(deadline=deadline)
         if self._ladder is not None:
             await self._ladder
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _stop_ladder(self, grace: float) -> None:
+    async def _stop_ladder(self, grace: float, deadline: float | None = None) -> None:
         if self._done.is_set():
             return
         if self.state == "starting":
             # still loading its model: a worker with audio to finalize gets time to load it
             # too (on a loaded machine that alone can exceed the grace)
             grace += STARTUP_ALLOWANCE
+        term_grace = self.term_grace
+        if deadline is not None:
+            left = max(0.0, deadline - time.monotonic() - KILL_RESERVE)
+            term_grace = min(term_grace, left / 2)
+            grace = min(grace, left - term_grace)
         if self.state in ("starting", "running"):
             self._set_state("stopping")
         started = time.monotonic()
+        if self._handles_usr1:
+            # out of band: a worker holding back a flood (backpressure) sees the stop now,
+            # not after decoding everything queued ahead of it in the pipe
+            self._signal(signal.SIGUSR1, None)
         try:
             # a worker that stopped reading can leave the pipe full; the grace covers that too
             await asyncio.wait_for(self._send({"op": "stop"}, quiet=True), grace)
@@ -147,7 +170,7 @@ class Session:
         if await self._wait_exit(max(0.0, grace - (time.monotonic() - started))):
             return
         self._signal(signal.SIGTERM, "terminated")
-        if await self._wait_exit(self.term_grace):
+        if await self._wait_exit(term_grace):
             return
         self._signal(signal.SIGKILL, "killed")
         if not await self._wait_exit(KILL_WAIT):
@@ -160,10 +183,11 @@ class Session:
         except asyncio.TimeoutError:
             return False
 
-    def _signal(self, sig: int, as_: str) -> None:
+    def _signal(self, sig: int, as_: str | None) -> None:
         if self._proc is None or self._proc.returncode is not None:
             return
-        self._signalled = as_
+        if as_ is not None:
+            self._signalled = as_
         try:
             os.killpg(self._proc.pid, sig)
         except ProcessLookupError:
@@ -175,7 +199,11 @@ class Session:
 
     async def feed(self, data: bytes, fmt: str) -> None:
         header = json.dumps({"op": "pcm", "n": len(data), "fmt": fmt}).encode() + b"\n"
-        await self._send_raw(header + data)
+        self.bytes_in_flight += len(data)
+        try:
+            await self._send_raw(header + data)
+        finally:
+            self.bytes_in_flight -= len(data)
 
     async def _send(self, msg: dict[str, Any], quiet: bool = False) -> None:
         try:
@@ -265,8 +293,10 @@ class Session:
         if type_ not in ("status", "asr.partial", "asr.final", "error"):
             raise ValueError(f"unknown event type {type_!r}")
         data = raw.get("data")
-        if type_ == "status" and data and data.get("state") == "running" and self.state == "starting":
-            self.state = "running"
+        if type_ == "status" and data and data.get("state") == "running":
+            self._handles_usr1 = True  # its handlers were installed long before
+            if self.state == "starting":
+                self.state = "running"
         if type_ == "error" and data and data.get("fatal"):
             self._worker_error = data.get("detail") or data.get("code")
         self._publish(

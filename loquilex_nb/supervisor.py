@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from typing import Iterable
@@ -47,13 +48,17 @@ class Supervisor:
         self._closing = False
         self._shutdown_task: asyncio.Task | None = None
 
-    async def create(self, config: SessionConfig, *, sid: str | None = None, worker_env: dict[str, str] | None = None) -> Session:
+    def admit(self) -> None:
+        """Raise now if a session could not start: callers check before creating anything."""
         if self._closing:
             raise RuntimeError("the supervisor is shutting down")
         if len(self._live) >= self.max_sessions:
             raise SessionLimitError(
                 f"{len(self._live)} sessions are running, the limit is {self.max_sessions}; stop one first"
             )
+
+    async def create(self, config: SessionConfig, *, sid: str | None = None, worker_env: dict[str, str] | None = None) -> Session:
+        self.admit()
         sid = sid or uuid.uuid4().hex[:12]
         if sid in self._live or sid in self._ended:
             raise ValueError(f"session id {sid!r} is already in use")
@@ -106,25 +111,30 @@ class Supervisor:
         await session.close()
         return end
 
-    async def _stop_many(self, sessions: Iterable[Session]) -> None:
-        results = await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+    async def _stop_many(self, sessions: Iterable[Session], deadline: float | None = None) -> None:
+        """In parallel: the time taken does not grow with the number of sessions."""
+        results = await asyncio.gather(*(s.close(deadline) for s in sessions), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 log.error("stopping a session failed: %r", result)
 
-    async def stop_all(self) -> None:
-        await self._stop_many(list(self._live.values()))
+    async def stop_all(self, deadline: float | None = None) -> None:
+        await self._stop_many(list(self._live.values()), deadline)
 
     async def stop_owned(self, owner: str) -> list[str]:
         owned = [s for s in self._live.values() if s.owner == owner]
         await self._stop_many(owned)
         return [s.id for s in owned]
 
-    async def shutdown(self) -> None:
-        """Stop everything and refuse new sessions; idempotent, never raises."""
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop everything and refuse new sessions; idempotent, never raises.
+
+        ``timeout``: one overall bound for stopping every session (each one's stop ladder is
+        squeezed to fit it), so shutdown time does not grow with the session count."""
         self._closing = True
         if self._shutdown_task is None:
-            self._shutdown_task = asyncio.create_task(self.stop_all(), name="loquilex-shutdown")
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self._shutdown_task = asyncio.create_task(self.stop_all(deadline), name="loquilex-shutdown")
         await asyncio.shield(self._shutdown_task)
         # sessions that ended on their own still own finished reader tasks: collect them
         await self._stop_many(list(self._ended.values()))

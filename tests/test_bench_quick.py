@@ -26,6 +26,7 @@ FAULTS = {
     "worker SIGKILL", "worker hang (`hang`)", "worker hang, ignores SIGTERM (`hang,ignore-sigterm`)",
     "kernel SIGKILL", "kernel restart", "server SIGTERM", "server SIGKILL", "WebSocket drop and resume",
     "stalled client", "corrupt audio", "missing model dir", "output disk full",
+    "flooding client", "150 connections", "symlink swap",
 }
 
 

@@ -267,7 +267,7 @@ async def test_every_route_refuses_a_caller_without_token(jp_serverapp, jp_http_
     tried = []
     try:
         for regex, cls, matcher in rules:
-            path = concrete_path(regex, {"sid": sid, "fmt": "vtt"})
+            path = concrete_path(regex, {"sid": sid, "fmt": "vtt", "rest": "nope"})
             url = f"http://127.0.0.1:{jp_http_port}{path}"
             if issubclass(cls, WebSocketHandler):
                 for headers in ({}, {"Authorization": ""}, {"Authorization": "token wrong"}):
