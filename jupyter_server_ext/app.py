@@ -12,6 +12,7 @@ from loquilex_nb.supervisor import Supervisor
 
 from .handlers import handlers
 from .hub import Limits
+from .lease import BrowserLeases, lease_handlers
 from .manager import SessionManager
 
 
@@ -34,6 +35,9 @@ class LoquilexApp(ExtensionApp):
     sweep_interval = Float(2.0, help="Seconds between checks for sessions whose kernel died or was culled.").tag(config=True)
     stop_timeout = Float(20.0, help="Upper bound on stop_extension.").tag(config=True)
     stop_on_kernel_restart = Bool(True, help="Stop a kernel's sessions when it restarts.").tag(config=True)
+
+    # the JupyterLab extension's microphone sessions (jupyter_server_ext/lease.py)
+    browser_lease = Float(10.0, help="A browser session no client was heard from for this many seconds is stopped.").tag(config=True)
 
     @default("output_root")
     def _default_output_root(self) -> str:
@@ -66,9 +70,11 @@ class LoquilexApp(ExtensionApp):
             stop_on_kernel_restart=self.stop_on_kernel_restart,
         )
         self.settings["loquilex_manager"] = self.manager
+        self.leases = BrowserLeases(self.manager, self.browser_lease)
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers(self.manager))
+        self.handlers.extend(lease_handlers(self.manager, self.leases))
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
         self.manager.start()
@@ -76,6 +82,7 @@ class LoquilexApp(ExtensionApp):
     async def stop_extension(self) -> None:
         """Stop every session and close every socket, bounded in time; never raises."""
         try:
+            await self.leases.aclose()
             await asyncio.wait_for(self.manager.shutdown(), self.stop_timeout)
         except BaseException as exc:  # an exception here can keep the server from exiting
             self.log.error("loquilex: stop_extension did not finish cleanly: %r", exc)

@@ -1,0 +1,176 @@
+"""Sessions started by a browser (its microphone): owned by that browser, stopped when it is gone.
+
+A browser session is a push session created through ``POST loquilex/api/browser-sessions``.
+Its owner is the browser connection that streams its audio: the session stays alive while that
+connection delivers PCM frames or messages; once no client connection of the session has been
+heard for ``browser_lease`` seconds (tab closed or reloaded, network lost, laptop asleep) it
+is stopped through the normal stop ladder. Closing the caption panel stops it at once (the
+client sends ``stop``); the lease is the bound for every path that cannot say goodbye.
+
+The watcher is one task owned by `BrowserLeases`, started with the first browser session and
+awaited by `aclose()` (called by the extension's stop before the manager's shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+
+from loquilex_nb.session import Session
+from loquilex_nb.supervisor import SessionLimitError
+
+from .handlers import BaseHandler
+from .manager import BadRequest, SessionManager
+
+log = logging.getLogger("loquilex.server")
+
+
+@dataclass
+class Lease:
+    session: Session
+    created: float
+    last_heard: float
+    pcm_bytes: int = 0
+    pcm_frames: int = 0
+    expired: bool = False
+    _stop: asyncio.Task | None = field(default=None, repr=False)
+
+    def as_dict(self, now: float, lease: float, connected: bool) -> dict[str, Any]:
+        return {
+            "sid": self.session.id,
+            "pcm_bytes": self.pcm_bytes,
+            "pcm_frames": self.pcm_frames,
+            "pcm_seconds": round(self.pcm_bytes / 32000, 3),
+            "connected": connected,
+            "silent_for": round(now - self.last_heard, 3),
+            "lease": lease,
+            "expired": self.expired,
+        }
+
+
+class BrowserLeases:
+    def __init__(self, manager: SessionManager, lease: float, poll: float | None = None) -> None:
+        self.manager = manager
+        self.lease = lease
+        self.poll = poll if poll is not None else max(0.05, min(0.5, lease / 4))
+        self.leases: dict[str, Lease] = {}
+        self._task: asyncio.Task | None = None
+        self._closed = False
+
+    async def create(self, body: Any) -> Session:
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        if "source" in body or "kernel_id" in body:
+            raise BadRequest("a browser session is a push session owned by the browser: no 'source' or 'kernel_id'")
+        if self._closed:
+            raise RuntimeError("the server is shutting down")
+        session = await self.manager.create({**body, "source": {"kind": "push"}})
+        now = time.monotonic()
+        lease = self.leases[session.id] = Lease(session, now, now)
+        self._count_pcm(lease)
+        if self._task is None:
+            self._task = asyncio.create_task(self._watch(), name="loquilex-browser-leases")
+        return session
+
+    def _count_pcm(self, lease: Lease) -> None:
+        """Count the audio the browser delivers (for the sidebar, the tests and the figures)."""
+        feed = lease.session.feed
+
+        async def counted_feed(data: bytes, fmt: str) -> None:
+            lease.pcm_bytes += len(data)
+            lease.pcm_frames += 1
+            await feed(data, fmt)
+
+        lease.session.feed = counted_feed  # type: ignore[method-assign]
+
+    def _heard(self, sid: str, now: float) -> bool:
+        """True while a client of the session is connected and was heard within the lease."""
+        channel = self.manager.hub.channels.get(sid)
+        if channel is None:
+            return False
+        return any(not c.closed and now - c.last_recv < self.lease for c in channel.connections)
+
+    def check(self, now: float | None = None) -> list[str]:
+        """One pass: stop leased sessions nobody has been heard from; returns their ids."""
+        now = time.monotonic() if now is None else now
+        expired = []
+        for sid, lease in list(self.leases.items()):
+            session = lease.session
+            if session.end is not None or session.ended_at is not None:
+                self.leases.pop(sid, None)
+                continue
+            if self._heard(sid, now):
+                lease.last_heard = now
+                continue
+            if not lease.expired and now - lease.last_heard >= self.lease:
+                lease.expired = True
+                expired.append(sid)
+                log.info("browser session %s: no client for %.1f s, stopping it", sid, now - lease.last_heard)
+                self.manager.spawn(session.stop(), name=f"loquilex-lease-stop-{sid}")
+        return expired
+
+    async def _watch(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.poll)
+            try:
+                self.check()
+            except Exception:
+                log.exception("loquilex browser lease check failed")
+            if not self.leases:
+                self._task = None  # restarted by the next browser session
+                return
+
+    def figures(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "lease": self.lease,
+            "sessions": [lease.as_dict(now, self.lease, self._heard(sid, now)) for sid, lease in self.leases.items()],
+        }
+
+    async def aclose(self) -> None:
+        """Stop watching (the manager's shutdown stops the sessions); idempotent."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+class BrowserSessionsHandler(BaseHandler):
+    def initialize(self, manager: SessionManager, leases: BrowserLeases) -> None:  # type: ignore[override]
+        super().initialize(manager)
+        self.leases = leases
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.finish(self.leases.figures())
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except (ValueError, RecursionError):
+            return self.fail(400, "bad-json", "the request body is not valid JSON (or nested too deeply)")
+        try:
+            session = await self.leases.create(body)
+        except BadRequest as exc:
+            return self.fail(400, "bad-request", str(exc))
+        except SessionLimitError as exc:
+            return self.fail(429, "too-many-sessions", str(exc))
+        except RuntimeError as exc:
+            return self.fail(503, "unavailable", str(exc))
+        self.set_status(201)
+        self.finish({**session.info(), "lease": self.leases.lease})
+
+
+def lease_handlers(manager: SessionManager, leases: BrowserLeases) -> list[tuple[str, type, dict]]:
+    return [(r"/loquilex/api/browser-sessions", BrowserSessionsHandler, {"manager": manager, "leases": leases})]
