@@ -22,7 +22,6 @@ OUTPUT = REPO / "test-output" / "browser"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
 ]
 
 
@@ -72,6 +71,9 @@ def jupyter_lab(tmp_path: Path, *args: str, timeout: float = 90) -> Iterator[Lab
         HF_HUB_OFFLINE="1",
     )
     env.pop("LOQUILEX_MODE", None)
+    news = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True, exist_ok=True)
+    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no news toast
     port, token = free_port(), "labext-test-token"
     log = open(tmp_path / "lab.log", "w")
     proc = subprocess.Popen(

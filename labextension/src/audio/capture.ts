@@ -49,8 +49,35 @@ export class MicError extends Error {
 
 /** Must be called synchronously inside a user gesture (click / key), before any await. */
 export function audioContextForGesture(): AudioContext {
-  const ctx = new AudioContext();
+  // 'playback': larger render quanta batches; a capture has no use for low output latency and a
+  // loaded machine then glitches less (an underrun inserts silence into the captured audio)
+  const ctx = new AudioContext({ latencyHint: 'playback' });
   void ctx.resume();
+  return ctx;
+}
+
+/**
+ * A context at the microphone's own rate, so the browser does not resample (and, on a loaded
+ * machine, glitch) between the capture and the graph. The gesture's context is kept when the
+ * rates agree or a new one would not start (the page's user activation is sticky in browsers).
+ */
+export async function contextForStream(ctx: AudioContext, stream: MediaStream): Promise<AudioContext> {
+  const rate = stream.getAudioTracks()[0]?.getSettings().sampleRate;
+  if (!rate || rate === ctx.sampleRate) {
+    return ctx;
+  }
+  let fresh: AudioContext | null = null;
+  try {
+    fresh = new AudioContext({ latencyHint: 'playback', sampleRate: rate });
+    await Promise.race([fresh.resume(), new Promise(r => setTimeout(r, 500))]);
+    if (fresh.state === 'running') {
+      await ctx.close().catch(() => undefined);
+      return fresh;
+    }
+  } catch {
+    // an unsupported rate: keep the gesture's context (our resampler takes any rate)
+  }
+  await fresh?.close().catch(() => undefined);
   return ctx;
 }
 
@@ -60,7 +87,7 @@ export async function openMicrophone(): Promise<MediaStream> {
   }
   try {
     return await navigator.mediaDevices.getUserMedia({
-      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: { ideal: 1 } },
+      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
       video: false
     });
   } catch (err: any) {

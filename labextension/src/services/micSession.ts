@@ -5,7 +5,7 @@
  */
 import { ISignal, Signal } from '@lumino/signaling';
 
-import { audioContextForGesture, MicCapture, MicError, openMicrophone, releaseUnused } from '../audio/capture';
+import { audioContextForGesture, contextForStream, MicCapture, MicError, openMicrophone, releaseUnused } from '../audio/capture';
 import { ApiError, LoquilexApi } from './api';
 import { CaptionModel } from './captionModel';
 import { EventSocket } from './socket';
@@ -46,6 +46,7 @@ export class MicSession {
     try {
       this.model.setState('asking for the microphone');
       stream = await openMicrophone();
+      ctx = await contextForStream(ctx, stream);
       this.model.setState('creating a session');
       const info = await this.api.createBrowserSession(this.options.sessionOptions);
       this.sid = info.id;
