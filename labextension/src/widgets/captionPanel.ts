@@ -101,6 +101,7 @@ export class CaptionPanel extends Widget {
       li.dataset.seq = String(f.seq);
       li.dataset.t1 = String(f.t1);
       li.dataset.renderedAt = String(Date.now());
+      li.dataset.latency = f.latency === null ? '' : String(f.latency);
       const time = this.el('time', 'lx-time', li);
       time.textContent = `${clock(f.t0)}–${clock(f.t1)}`;
       const text = this.el('span', 'lx-text', li);
