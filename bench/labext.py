@@ -16,7 +16,7 @@ from typing import Any, Callable
 from measure import REPO, summary
 
 sys.path.insert(0, str(REPO / "tests"))
-from lab_harness import CHROMIUM, fake_mic_wav, jupyter_lab, launch_chromium, wait_for  # noqa: E402
+from lab_harness import CHROMIUM, fake_mic_wav, jupyter_lab, launch_chromium, open_sidebar, wait_for  # noqa: E402
 
 SPEECH = REPO / "tests" / "fixtures" / "speech.wav"
 LEAD_S = 0.75
@@ -37,8 +37,7 @@ def bench_labext(log: Callable[[str], None], wav_src: Path = SPEECH) -> dict[str
                                       f"--use-file-for-fake-audio-capture={wav}%noloop")
             try:
                 page = browser.new_page(viewport={"width": 1300, "height": 850})
-                page.goto(lab.lab_url())
-                page.click(".jp-SideBar [data-id='loquilex-sidebar']", timeout=90_000)
+                open_sidebar(page, lab)
                 page.click("#loquilex-sidebar button.lx-mic", timeout=30_000)
                 panel = ".lx-CaptionPanel.lx-mod-mic"
                 sid = wait_for(lambda: page.get_attribute(panel, "data-sid"), 30, "a session")

@@ -139,3 +139,14 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(interval)
+
+
+def open_sidebar(page, lab: Lab) -> None:
+    """Load JupyterLab and show the Captions sidebar (it may already be open: openOnStart)."""
+    page.goto(lab.lab_url())
+    tab = ".jp-SideBar [data-id='loquilex-sidebar']"
+    page.wait_for_selector(tab, timeout=90_000)
+    time.sleep(0.5)
+    if not page.is_visible("#loquilex-sidebar button.lx-mic"):
+        page.click(tab)
+    page.wait_for_selector("#loquilex-sidebar .lx-counter[data-counter='fds']", timeout=30_000)

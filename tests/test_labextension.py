@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from conftest import FIXTURES, wer
-from lab_harness import CHROMIUM, OUTPUT, fake_mic_wav, jupyter_lab, launch_chromium, wait_for
+from lab_harness import CHROMIUM, OUTPUT, fake_mic_wav, jupyter_lab, launch_chromium, open_sidebar, wait_for
 
 if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
     pytest.skip("Debian's chromium is not installed (make test installs it as root)", allow_module_level=True)
@@ -22,13 +22,6 @@ SIDEBAR = "#loquilex-sidebar"
 PANEL = ".lx-CaptionPanel.lx-mod-mic"
 FAKE_MIC = ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream")
 pytestmark = pytest.mark.leak_settle(15)
-
-
-def open_lab(page, lab) -> None:
-    page.goto(lab.lab_url())
-    page.wait_for_selector(".jp-SideBar [data-id='loquilex-sidebar']", timeout=90_000)
-    page.click(".jp-SideBar [data-id='loquilex-sidebar']")
-    page.wait_for_selector(f"{SIDEBAR} .lx-counter[data-counter='fds']", timeout=30_000)
 
 
 def set_theme(page, dark: bool) -> None:
@@ -72,7 +65,7 @@ def test_sidebar_lists_a_notebook_session_and_drops_it_when_the_kernel_restarts(
                 browser = launch_chromium(p)
                 page = browser.new_page(viewport={"width": 1300, "height": 850})
                 try:
-                    open_lab(page, lab)
+                    open_sidebar(page, lab)
                     page.wait_for_selector(f"{SIDEBAR} ul.lx-sessions:not(.lx-ended) {row(page, info['id'])[len(SIDEBAR) + 1:]}", timeout=30_000)
                     li = page.locator(row(page, info["id"]))
                     wait_for(lambda: li.get_attribute("data-owner") == "owner.ipynb", 20, "the notebook as owner")
@@ -118,7 +111,7 @@ def test_caption_my_microphone_live_then_closing_the_tab_stops_it(tmp_path):
             browser = launch_chromium(p, *FAKE_MIC, f"--use-file-for-fake-audio-capture={wav}%noloop")
             page = browser.new_page(viewport={"width": 1300, "height": 850})
             try:
-                open_lab(page, lab)
+                open_sidebar(page, lab)
                 page.click(f"{SIDEBAR} button.lx-mic")
                 t_click = time.monotonic()
                 panel = page.locator(PANEL)
@@ -175,7 +168,7 @@ def test_closing_the_panel_stops_the_session(tmp_path):
             browser = launch_chromium(p, *FAKE_MIC, f"--use-file-for-fake-audio-capture={wav}%noloop")
             page = browser.new_page(viewport={"width": 1300, "height": 850})
             try:
-                open_lab(page, lab)
+                open_sidebar(page, lab)
                 page.keyboard.press("Control+Shift+C")  # the command palette: keyboard only
                 page.keyboard.type("Caption My Microphone")
                 page.keyboard.press("Enter")
@@ -198,7 +191,7 @@ def test_permission_denied_shows_an_error_and_creates_nothing(tmp_path):
             browser = launch_chromium(p, "--use-fake-device-for-media-stream")
             page = browser.new_page(viewport={"width": 1300, "height": 850})
             try:
-                open_lab(page, lab)
+                open_sidebar(page, lab)
                 page.click(f"{SIDEBAR} button.lx-mic")
                 error = page.locator(f"{PANEL} .lx-error[data-kind='permission-denied']")
                 error.wait_for(timeout=30_000)
