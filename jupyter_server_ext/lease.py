@@ -30,6 +30,10 @@ from .handlers import BaseHandler
 from .manager import BadRequest, SessionManager
 
 log = logging.getLogger("loquilex.server")
+# Nobody is listening any more: the worker gets this long to finalize politely, then SIGTERM
+# (its fast path: the current partial becomes the final) — the session ends within lease + ~1 s
+# even when a final decode on a loaded machine would take longer.
+LEASE_STOP_GRACE = 1.0
 
 
 @dataclass
@@ -52,6 +56,7 @@ class Lease:
             "silent_for": round(now - self.last_heard, 3),
             "lease": lease,
             "expired": self.expired,
+            "ended": self.session.ended_at is not None,
         }
 
 
@@ -75,6 +80,7 @@ class BrowserLeases:
         now = time.monotonic()
         lease = self.leases[session.id] = Lease(session, now, now)
         self._count_pcm(lease)
+        self._prune()
         if self._task is None:
             self._task = asyncio.create_task(self._watch(), name="loquilex-browser-leases")
         return session
@@ -103,8 +109,9 @@ class BrowserLeases:
         expired = []
         for sid, lease in list(self.leases.items()):
             session = lease.session
-            if session.end is not None or session.ended_at is not None:
-                self.leases.pop(sid, None)
+            if session.ended_at is not None:
+                if self.manager.get(sid) is None:
+                    self.leases.pop(sid, None)  # forgotten by the server: nothing left to show
                 continue
             if self._heard(sid, now):
                 lease.last_heard = now
@@ -113,7 +120,7 @@ class BrowserLeases:
                 lease.expired = True
                 expired.append(sid)
                 log.info("browser session %s: no client for %.1f s, stopping it", sid, now - lease.last_heard)
-                self.manager.spawn(session.stop(), name=f"loquilex-lease-stop-{sid}")
+                self.manager.spawn(session.stop(grace=min(LEASE_STOP_GRACE, session.grace)), name=f"loquilex-lease-stop-{sid}")
         return expired
 
     async def _watch(self) -> None:
@@ -123,11 +130,16 @@ class BrowserLeases:
                 self.check()
             except Exception:
                 log.exception("loquilex browser lease check failed")
-            if not self.leases:
+            if not any(lease.session.ended_at is None for lease in self.leases.values()):
                 self._task = None  # restarted by the next browser session
                 return
 
+    def _prune(self) -> None:
+        for sid in [sid for sid in self.leases if self.manager.get(sid) is None]:
+            del self.leases[sid]
+
     def figures(self) -> dict[str, Any]:
+        self._prune()
         now = time.monotonic()
         return {
             "lease": self.lease,

@@ -155,7 +155,8 @@ def test_caption_my_microphone_live_then_closing_the_tab_stops_it(tmp_path):
                 info = wait_for(lambda: (i := lab.api("GET", f"loquilex/api/sessions/{sid}"))["end"] and i, 5, "the end")
                 assert info["state"] == "stopped", info
                 print(f"worker gone {gone_after:.2f} s after the tab closed (lease {LEASE} s)")
-                assert lab.api("GET", "loquilex/api/browser-sessions")["sessions"] == []
+                (lease,) = lab.api("GET", "loquilex/api/browser-sessions")["sessions"]
+                assert lease["expired"] and lease["ended"] and not lease["connected"], lease
             finally:
                 browser.close()
 
