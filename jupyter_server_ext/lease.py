@@ -14,7 +14,6 @@ awaited by `aclose()` (called by the extension's stop before the manager's shutd
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,9 +23,8 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from loquilex_nb.session import Session
-from loquilex_nb.supervisor import SessionLimitError
 
-from .handlers import BaseHandler
+from .handlers import SessionsHandler
 from .manager import BadRequest, SessionManager
 
 log = logging.getLogger("loquilex.server")
@@ -155,33 +153,28 @@ class BrowserLeases:
             await asyncio.gather(task, return_exceptions=True)
 
 
-class BrowserSessionsHandler(BaseHandler):
+class _LeasedManager:
+    """The manager as SessionsHandler sees it, except that `create` makes a browser session."""
+
+    def __init__(self, manager: SessionManager, leases: BrowserLeases) -> None:
+        self._manager = manager
+        self.create = leases.create
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._manager, name)
+
+
+class BrowserSessionsHandler(SessionsHandler):
+    """POST: as `sessions` (same body checks and errors), but a leased push session. GET: leases."""
+
     def initialize(self, manager: SessionManager, leases: BrowserLeases) -> None:  # type: ignore[override]
-        super().initialize(manager)
+        super().initialize(_LeasedManager(manager, leases))  # type: ignore[arg-type]
         self.leases = leases
 
     @web.authenticated
     @authorized
     async def get(self) -> None:
         self.finish(self.leases.figures())
-
-    @web.authenticated
-    @authorized
-    async def post(self) -> None:
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except (ValueError, RecursionError):
-            return self.fail(400, "bad-json", "the request body is not valid JSON (or nested too deeply)")
-        try:
-            session = await self.leases.create(body)
-        except BadRequest as exc:
-            return self.fail(400, "bad-request", str(exc))
-        except SessionLimitError as exc:
-            return self.fail(429, "too-many-sessions", str(exc))
-        except RuntimeError as exc:
-            return self.fail(503, "unavailable", str(exc))
-        self.set_status(201)
-        self.finish({**session.info(), "lease": self.leases.lease})
 
 
 def lease_handlers(manager: SessionManager, leases: BrowserLeases) -> list[tuple[str, type, dict]]:
