@@ -204,3 +204,24 @@ def test_permission_denied_shows_an_error_and_creates_nothing(tmp_path):
                 assert lab.api("GET", "loquilex/api/sessions")["sessions"] == []
             finally:
                 browser.close()
+
+
+def test_without_the_server_extension_both_views_say_so(tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "jupyter_server_config.json").write_text('{"ServerApp": {"jpserver_extensions": {"jupyter_server_ext": false}}}')
+    with jupyter_lab(tmp_path) as lab:
+        with sync_playwright() as p:
+            browser = launch_chromium(p, *FAKE_MIC)
+            page = browser.new_page(viewport={"width": 1300, "height": 850})
+            try:
+                page.goto(lab.lab_url())
+                page.wait_for_selector(f"{SIDEBAR}[data-error='no-extension'], .jp-SideBar [data-id='loquilex-sidebar']", timeout=90_000)
+                if not page.is_visible(f"{SIDEBAR} button.lx-mic"):
+                    page.click(".jp-SideBar [data-id='loquilex-sidebar']")
+                page.wait_for_selector(f"{SIDEBAR}[data-error='no-extension'] .lx-error", timeout=30_000)
+                assert "not running" in page.inner_text(f"{SIDEBAR} .lx-error")
+                page.click(f"{SIDEBAR} button.lx-mic")
+                page.locator(f"{PANEL} .lx-error[data-kind='no-extension']").wait_for(timeout=30_000)
+                assert page.locator(PANEL).get_attribute("data-state") == "error"
+            finally:
+                browser.close()
