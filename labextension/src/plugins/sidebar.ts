@@ -42,14 +42,23 @@ export const sidebarPlugin: JupyterFrontEndPlugin<void> = {
       palette.addItem({ command: CommandIDs.showSidebar, category: 'Captions' });
       palette.addItem({ command: CommandIDs.refresh, category: 'Captions' });
     }
+    let opened = false;
     if (registry) {
       registry
         .load(sidebarPlugin.id)
         .then(settings => {
           const apply = () => {
             sidebar.setRefresh(Number(settings.composite.refreshInterval ?? 1000));
-            if (settings.composite.openOnStart) {
-              void app.restored.then(() => app.shell.activateById(sidebar.id));
+            if (settings.composite.openOnStart && !opened) {
+              opened = true;
+              void app.restored.then(() => {
+                // show it without taking the focus: notebook commands act on the focused widget
+                const current = app.shell.currentWidget;
+                app.shell.activateById(sidebar.id);
+                if (current && current !== sidebar) {
+                  app.shell.activateById(current.id);
+                }
+              });
             }
           };
           apply();
