@@ -5,9 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SAMPLE := loquilex_nb/data/sample.wav
 
-.PHONY: install browser run run-cli test bench bench-quick fixtures clean
+.PHONY: install browser run run-cli test bench bench-quick fixtures clean labext labext-check
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml jupyter_server_ext/labextension/package.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,lab]'
@@ -33,8 +33,33 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium is missing and we are not root: the browser test will be skipped"; fi; }
 
-test: install browser
+test: install browser labext-check
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# The JupyterLab extension: sources in labextension/, the build committed in $(LABEXT_OUT) (so
+# installing needs no node). Everything the build reads is pinned by package-lock.json (the
+# JupyterLab core metadata too), which makes it byte-reproducible.
+LABEXT_OUT := jupyter_server_ext/labextension
+labextension/node_modules/.package-lock.json: labextension/package-lock.json
+	cd labextension && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+labext: install labextension/node_modules/.package-lock.json
+	cd labextension && npx tsc && ../$(VENV)/bin/jupyter-builder build . \
+		--core-package-file=node_modules/@jupyterlab/core-meta/core.package.json
+
+# With node: unit tests, then rebuild and fail if the committed build differs from the sources.
+labext-check: install
+	@if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+	  echo "node/npm not found: skipping the labextension rebuild check (the committed build is used)"; \
+	else \
+	  $(MAKE) --no-print-directory labext && (cd labextension && node --test test/) && \
+	  rm -rf .labext-committed && git archive --format=tar HEAD $(LABEXT_OUT) 2>/dev/null | tar -x -C . --transform 's,^$(LABEXT_OUT),.labext-committed,' 2>/dev/null; \
+	  if [ -d .labext-committed ] && ! diff -r .labext-committed $(LABEXT_OUT) >/dev/null; then \
+	    rm -rf .labext-committed; \
+	    echo "ERROR: the committed JupyterLab extension build in $(LABEXT_OUT) is stale: it was rebuilt from labextension/ (commit it)"; exit 1; \
+	  fi; rm -rf .labext-committed; \
+	fi
 
 bench: install
 	command -v espeak-ng >/dev/null && command -v sox >/dev/null || (apt-get update && apt-get install -y espeak-ng sox)
@@ -49,4 +74,4 @@ fixtures:
 	bash tests/fixtures/make_fixtures.sh
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache bench-out captions-out
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache bench-out captions-out labextension/node_modules labextension/lib

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from labext import labext_section
+
 MODES = (("batch", "batch transcribe"), ("stream", "streaming, non-realtime"), ("realtime", "streaming, realtime"))
 
 
@@ -693,6 +695,7 @@ def render_markdown(r: dict) -> str:
         ]
     else:
         parts.append(_failed(fa))
+    parts += labext_section(r)
     parts.append("## Server processes")
     parts.append("Every jupyter server the bench started, with its start time and how it stopped: " + _shutdowns(r))
     return "\n\n".join(p for p in parts if p) + "\n"

@@ -39,6 +39,7 @@ from report import render_markdown, render_text, update_readme  # noqa: E402
 from server import SAMPLE, SPEECH, JupyterServer, bench_cycles, bench_fanout, bench_latency, bench_overhead, concat_wav, counters, settle_to  # noqa: E402
 from stall import bench_stall  # noqa: E402
 from stopping import bench_stopping  # noqa: E402
+from labext import bench_labext  # noqa: E402
 
 SHORT = REPO / "tests" / "fixtures" / "short.wav"
 BUDGET_S = {"full": 13 * 60.0, "quick": 115.0}  # the cycles stop early to keep the whole run inside
@@ -203,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         results["asr"] = bench_asr(cfg["asr_files"], cfg["realtime_files"], cfg["asr_repeats"], tmp, log)
         timings["asr"] = round(time.monotonic() - t, 1)
         asyncio.run(server_sections(mode, cfg, tmp, results, timings, deadline, out / "logs"))
+        if mode == "full":  # a browser run costs ~1 min: not in bench-quick
+            log("6. JupyterLab extension: the browser microphone")
+            try:
+                results["labext"] = bench_labext(log)
+            except Exception as exc:
+                results["labext"] = {"error": f"{type(exc).__name__}: {exc}"}
     results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     results["elapsed_s"] = round(time.monotonic() - started, 1)
 

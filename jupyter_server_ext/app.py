@@ -12,6 +12,7 @@ from loquilex_nb.supervisor import Supervisor
 
 from .handlers import handlers
 from .hub import Limits
+from .lease import BrowserLeases, lease_handlers
 from .manager import SessionManager
 
 
@@ -42,6 +43,8 @@ class LoquilexApp(ExtensionApp):
     max_audio_writers = Int(1, help="Connections that may feed audio to one push session; others get a writer-busy error.").tag(config=True)
     max_bytes_in_flight = Int(4 << 20, help="PCM bytes accepted for one session and not yet taken by its worker; frames past it are dropped with an audio-dropped error.").tag(config=True)
     max_total_bytes_in_flight = Int(64 << 20, help="The same bound over all sessions of this server.").tag(config=True)
+    # the JupyterLab extension's microphone sessions (jupyter_server_ext/lease.py)
+    browser_lease = Float(10.0, help="A browser session no client was heard from for this many seconds is stopped.").tag(config=True)
 
     @default("output_root")
     def _default_output_root(self) -> str:
@@ -80,9 +83,11 @@ class LoquilexApp(ExtensionApp):
             stop_on_kernel_restart=self.stop_on_kernel_restart,
         )
         self.settings["loquilex_manager"] = self.manager
+        self.leases = BrowserLeases(self.manager, self.browser_lease)
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers(self.manager))
+        self.handlers.extend(lease_handlers(self.manager, self.leases))
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
         self.manager.start()
@@ -90,6 +95,7 @@ class LoquilexApp(ExtensionApp):
     async def stop_extension(self) -> None:
         """Stop every session and close every socket, bounded in time; never raises."""
         try:
+            await self.leases.aclose()
             await asyncio.wait_for(self.manager.shutdown(self.stop_timeout), self.stop_timeout)
         except BaseException as exc:  # an exception here can keep the server from exiting
             self.log.error("loquilex: stop_extension did not finish cleanly: %r", exc)

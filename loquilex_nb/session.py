@@ -75,6 +75,8 @@ class Session:
         self._worker_error: str | None = None
         self._stop_sent = False
         self.bytes_in_flight = 0  # PCM handed to feed() and not yet taken by the pipe
+        self.pcm_bytes = 0  # PCM handed to feed() in all (what a client delivered)
+        self.pcm_frames = 0
         self._handles_usr1 = False
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -199,6 +201,8 @@ class Session:
 
     async def feed(self, data: bytes, fmt: str) -> None:
         header = json.dumps({"op": "pcm", "n": len(data), "fmt": fmt}).encode() + b"\n"
+        self.pcm_bytes += len(data)
+        self.pcm_frames += 1
         self.bytes_in_flight += len(data)
         try:
             await self._send_raw(header + data)
