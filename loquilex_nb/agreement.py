@@ -59,13 +59,13 @@ def commit_point(cur: list[TimedWord], agreed: int, now: int, *, settle: int, lo
 
 
 def inside(words: list[TimedWord], lo: int, hi: int | None = None, slack: int = 0) -> list[TimedWord]:
-    """Words whose middle lies in [lo - slack, hi + slack): left context is decoded, then cut."""
-    out = []
-    for w in words:
-        mid = (w.start + w.end) // 2
-        if mid >= lo - slack and (hi is None or mid < hi + slack):
-            out.append(w)
-    return out
+    """The words of [lo, hi) from a decode that covered more (left context is decoded, then cut).
+
+    A word belongs if it ends more than `slack` after `lo` and starts more than `slack`
+    before `hi`. Not its middle: the alignment stretches the first word after a pause back
+    to the start of the pause, and the last word before one into it.
+    """
+    return [w for w in words if w.end > lo + slack and (hi is None or w.start < hi - slack)]
 
 
 def join(words: list[TimedWord]) -> str:

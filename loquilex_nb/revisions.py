@@ -19,6 +19,7 @@ from .config import SAMPLE_RATE
 
 REVISE_RIGHT_S = 3.0  # later audio a revision waits for
 REVISE_LEFT_S = 6.0  # earlier audio it decodes with
+MIN_GAIN = 0.05  # mean word probability a revision must add over the final
 MAX_PENDING = 8  # a backlog beyond this is dropped, oldest first: revisions are optional
 
 
@@ -28,7 +29,7 @@ class Pending:
     start: int
     end: int
     text: str
-    prompt: str
+    confidence: float
 
 
 class Revisions:
@@ -38,10 +39,10 @@ class Revisions:
         self.queue: deque[Pending] = deque()
         self.delays: list[float] = []
 
-    def add(self, utt, text: str, prompt: str) -> None:
+    def add(self, utt, text: str, words) -> None:
         if not self.enabled:
             return
-        self.queue.append(Pending(utt.seg, utt.start, utt.end, text, prompt))
+        self.queue.append(Pending(utt.seg, utt.start, utt.end, text, confidence(words)))
         while len(self.queue) > MAX_PENDING:
             self.queue.popleft()
 
@@ -63,18 +64,22 @@ class Revisions:
 
     def _revise(self, p: Pending) -> None:
         rec = self.rec
-        lo = max(rec.buf_start, p.start - int(REVISE_LEFT_S * SAMPLE_RATE))
+        lo, prompt = rec.context_at(p.start, int(REVISE_LEFT_S * SAMPLE_RATE))
         hi = min(rec.total, p.end + int(REVISE_RIGHT_S * SAMPLE_RATE))
         if hi <= p.start:
             return
         from .streaming import _timed  # the one word-time conversion
 
-        hyp = rec._decode_span(lo, hi, p.prompt, words=True)
-        words = inside(_timed(hyp.words, lo), p.start, p.end, slack=int(0.05 * SAMPLE_RATE))
+        hyp = rec._decode_span(lo, hi, prompt, words=True)
+        words = inside(_timed(hyp.words, lo), p.start, p.end, slack=int(0.1 * SAMPLE_RATE))
         new = join(words)
         old_n, new_n = len(p.text.split()), len(new.split())
         # a revision only improves: an empty or wildly different decode is a glitch, not a fix
         if not new or same_text(new, p.text) or not (0.5 <= new_n / max(1, old_n) <= 2.0):
+            return
+        # tiny models change words at random between decodes: only a decode the model itself
+        # is surer of replaces what the user already read
+        if confidence(words) < p.confidence + MIN_GAIN:
             return
         if not any(norm(w) for w in new.split()):
             return
@@ -86,3 +91,8 @@ class Revisions:
             t1=round(p.end / SAMPLE_RATE, 3),
             data={"old_text": p.text, "delay_s": round((rec.total - p.end) / SAMPLE_RATE, 3)},
         )
+
+
+def confidence(words) -> float:
+    """Mean word probability (0 for no words)."""
+    return sum(w.probability for w in words) / len(words) if words else 0.0

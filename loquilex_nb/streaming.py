@@ -66,6 +66,8 @@ class StreamingRecognizer:
         self.prev_words: list[TimedWord] = []  # the last partial's words, for agreement
         self.prev_upto = 0  # audio the last partial's decode covered
         self.revisions = Revisions(self, enabled=live and cfg.revise)
+        # recent finals as (start, end, len(context) before it): left context starts at one
+        self.spans: deque[tuple[int, int, int]] = deque(maxlen=64)
 
     # -- input ---------------------------------------------------------------------------
     def push(self, chunk: np.ndarray) -> None:
@@ -125,7 +127,9 @@ class StreamingRecognizer:
         start = self.utt_start
         assert start is not None
         self.last_partial_at = self.total
-        words = self._live_words(start, self.total)
+        # partials decode without acoustic left context: it costs a full window every 0.4 s,
+        # and a final (or revision) decodes the words again with it
+        words = self._live_words(start, self.total, left=0)
         agreed = agreed_prefix(self.prev_words, words)
         self.prev_words, self.prev_upto = words, self.total
         long_utt = self.total - start >= AGREE_LONG_S * SAMPLE_RATE
@@ -152,11 +156,25 @@ class StreamingRecognizer:
                 t1=_sec(self.total),
             )
 
-    def _live_words(self, start: int, end: int, *, pad: int = PAD) -> list[TimedWord]:
+    def context_at(self, start: int, left: int) -> tuple[int, str]:
+        """Where a decode of audio from `start` begins, and its text prompt.
+
+        The left context is whole earlier finals that started at most `left` before (a cut
+        inside a word makes Whisper stumble), and the prompt is only the text *before* that
+        audio: a prompt that repeats the audio makes Whisper copy it or skip the audio.
+        """
+        lo, ctx_len = start - PAD, len(self.context)
+        for s, e, before in self.spans:
+            if s >= start - left and e <= start and s >= self.buf_start:
+                lo, ctx_len = min(s - int(0.1 * SAMPLE_RATE), start - PAD), before
+                break
+        return max(self.buf_start, lo), self.context[:ctx_len][-self.cfg.context_chars :]
+
+    def _live_words(self, start: int, end: int, *, pad: int = PAD, left: int | None = None) -> list[TimedWord]:
         """Decode [start, end) with up to `left_context` of audio before it; keep its own words."""
-        lo = max(self.buf_start, start - max(self.left, PAD))
+        lo, prompt = self.context_at(start, self.left if left is None else left)
         hi = min(self.total, end + pad)
-        hyp = self._decode_span(lo, hi, self._prompt_before(start), words=True)
+        hyp = self._decode_span(lo, hi, prompt, words=True)
         if not hyp.words:
             return [TimedWord(hyp.text, start, max(start, end))] if hyp.text and lo >= start - PAD else []
         return inside(_timed(hyp.words, lo), start, slack=CUT_SLACK)
@@ -173,10 +191,9 @@ class StreamingRecognizer:
 
     def _final_words(self, utt: Utterance, words: list[TimedWord], *, reason: str) -> None:
         text = join(words)
-        prompt = self._prompt_before(utt.start)
         plain = [Word(w.word, (w.start - utt.start) / SAMPLE_RATE, (w.end - utt.start) / SAMPLE_RATE, w.probability) for w in words]
         if self._emit_final(utt, text, plain, offset=_sec(utt.start), reason=reason):
-            self.revisions.add(utt, text, prompt)
+            self.revisions.add(utt, text, words)
         self.partial_text = ""
 
     def _forced_split(self, now: int) -> None:
@@ -243,9 +260,6 @@ class StreamingRecognizer:
     def _lo(self, start: int) -> int:
         return max(self.buf_start, start - PAD)
 
-    def _prompt_before(self, start: int) -> str:
-        return self.context[-self.cfg.context_chars :]
-
     def _decode(self, start: int, end: int, *, words: bool) -> Hypothesis:
         return self._decode_span(self._lo(start), min(self.total, end + PAD), self.context[-self.cfg.context_chars :], words=words)
 
@@ -270,7 +284,12 @@ class StreamingRecognizer:
         text = text.strip()
         if not text:
             return False
-        self.context = (self.context + " " + text).strip()[-1000:]
+        if len(self.context) > 2000:
+            cut = len(self.context) - 1000  # keep it bounded; span offsets move with it
+            self.context = self.context[cut:]
+            self.spans = deque(((s, e, max(0, b - cut)) for s, e, b in self.spans), maxlen=self.spans.maxlen)
+        self.spans.append((utt.start, utt.end, len(self.context)))
+        self.context = (self.context + " " + text).strip()
         word_dicts = [w.as_dict(offset) for w in words]
         # raw alignment puts the first word's start at the start of the decoded audio (the
         # lead-in), and its last word's end into the trailing pad: the detector bounds both
