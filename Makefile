@@ -37,6 +37,7 @@ test: install browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 bench: install
+	command -v espeak-ng >/dev/null && command -v sox >/dev/null || (apt-get update && apt-get install -y espeak-ng sox)
 	HF_HUB_OFFLINE=1 $(PY) bench/run.py
 
 bench-quick: install
@@ -46,6 +47,7 @@ bench-quick: install
 fixtures:
 	command -v espeak-ng >/dev/null && command -v sox >/dev/null || (apt-get update && apt-get install -y espeak-ng sox)
 	bash tests/fixtures/make_fixtures.sh
+	bash tests/fixtures/make_room_fixtures.sh --committed
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache bench-out captions-out
