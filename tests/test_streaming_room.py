@@ -41,6 +41,9 @@ def run_live(decoder, path, **options):
 
 
 def batch_wer(decoder, path):
+    import tqdm
+
+    tqdm.tqdm.monitor_interval = 0  # transcribe's progress bar must not leave a monitor thread
     segments, _ = decoder.model.transcribe(str(path), language="en", beam_size=1)
     return wer(path.with_suffix(".txt").read_text(), " ".join(s.text for s in segments))
 
