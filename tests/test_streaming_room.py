@@ -94,7 +94,8 @@ def test_noisy_room_wer_close_to_batch(decoder):
     reference = ROOM.with_suffix(".txt").read_text()
     base = batch_wer(decoder, ROOM)
     captions = " ".join(latest.get(f["segment_id"], f["text"]) for f in finals)
-    assert wer(reference, captions) <= base + 0.25, (captions, base)
+    # batch transcribe hallucinates over this background; the live bound is absolute too
+    assert wer(reference, captions) <= min(base + 0.25, 0.85), (captions, base)
 
 
 def test_revision_events_and_caption_files_agree(output_root):
