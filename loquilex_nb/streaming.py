@@ -179,8 +179,14 @@ class StreamingRecognizer:
         hi = min(self.total, end + pad)
         hyp = self._decode_span(lo, hi, prompt, words=True)
         if not hyp.words:
-            return [TimedWord(hyp.text, start, max(start, end))] if hyp.text and lo >= start - PAD else []
-        return inside(_timed(hyp.words, lo), start, slack=CUT_SLACK)
+            kept = [TimedWord(hyp.text, start, max(start, end))] if hyp.text and lo >= start - PAD else []
+        else:
+            kept = inside(_timed(hyp.words, lo), start, slack=CUT_SLACK)
+        if not kept and lo < start - PAD:
+            # the context swallowed the utterance: a repeat of the sentence before it ("yes.
+            # yes.") is trimmed as a decoder loop. Without context it stands alone.
+            return self._live_words(start, end, pad=pad, left=0)
+        return kept
 
     def _utterance_done(self, utt: Utterance) -> None:
         self.utt_start = None

@@ -119,3 +119,19 @@ def test_revise_option_is_validated_and_can_be_off(output_root):
         lx.session(str(ROOM), revise="yes", output_root=output_root)
     with pytest.raises(ValueError, match="left_context"):
         lx.session(str(ROOM), left_context=60, output_root=output_root)
+
+
+def test_a_repeated_sentence_is_not_swallowed_by_its_left_context(decoder):
+    # with the first utterance as left context, Whisper's output repeats itself, which the
+    # decoder trims as a loop: the second final must still come (decoded without context)
+    import numpy as np
+
+    cfg = build_asr_config({})
+    finals = []
+    rec = StreamingRecognizer(decoder, cfg, lambda t, **f: finals.append(f["text"]) if t == "asr.final" else None, live=True)
+    audio = np.concatenate([np.concatenate(list(iter_file_chunks(str(FIXTURES / "short.wav"), 0.1))), np.zeros(SR, np.float32)])
+    for _ in range(2):
+        rec.push(audio)
+        rec.tick(False)
+    rec.finalize(decode=True)
+    assert len(finals) == 2 and all(wer("Hello, this is a short test.", t) <= 0.2 for t in finals), finals
