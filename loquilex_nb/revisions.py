@@ -4,9 +4,11 @@ A final is emitted as soon as its utterance ends, from the audio up to that poin
 seconds later the same words can be decoded with audio on both sides (left and right
 context), which is what batch decoding gets for free. Where that changes the text, one
 `asr.revision` event replaces the final's text (same segment id and times). Each final is
-revised at most once, at the earliest `REVISE_RIGHT_S` of audio after its end, so a
-revision comes at most that plus one decode (and any backlog) after the final's speech
-ends; at the end of the stream the remaining finals are revised with what audio there is.
+revised at most once, at the earliest `REVISE_RIGHT_S` of audio after its end and
+`QUIET_S` after the newest final, so a revision comes at most that plus one decode (and any
+backlog, and the next utterance's final) after the final's speech
+ends, or never; finals still waiting when the stream ends stay as they are (a stop must not
+wait for extra decodes).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .config import SAMPLE_RATE
 REVISE_RIGHT_S = 3.0  # later audio a revision waits for
 REVISE_LEFT_S = 6.0  # earlier audio it decodes with
 MIN_GAIN = 0.05  # mean word probability a revision must add over the final
+QUIET_S = 1.0  # audio that must follow the latest final before a revision decode
 MAX_PENDING = 8  # a backlog beyond this is dropped, oldest first: revisions are optional
 
 
@@ -37,9 +40,10 @@ class Revisions:
         self.rec = rec
         self.enabled = enabled
         self.queue: deque[Pending] = deque()
-        self.delays: list[float] = []
+        self.last_final = 0  # stream position (samples) when the last final was emitted
 
     def add(self, utt, text: str, words) -> None:
+        self.last_final = self.rec.total
         if not self.enabled:
             return
         self.queue.append(Pending(utt.seg, utt.start, utt.end, text, confidence(words)))
@@ -55,12 +59,12 @@ class Revisions:
     def run_one(self, now: int) -> bool:
         if not self.queue or now - self.queue[0].end < REVISE_RIGHT_S * SAMPLE_RATE:
             return False
+        if now - self.last_final < QUIET_S * SAMPLE_RATE:
+            # a client that stops right after a final must not find us in an extra decode:
+            # the stop ladder's grace would run out and the worker be killed
+            return False
         self._revise(self.queue.popleft())
         return True
-
-    def run_all(self, now: int) -> None:
-        while self.queue:
-            self._revise(self.queue.popleft())
 
     def _revise(self, p: Pending) -> None:
         rec = self.rec

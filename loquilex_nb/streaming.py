@@ -122,8 +122,8 @@ class StreamingRecognizer:
                 self._flush_batch()
             else:
                 self.pending.clear()
-        if decode:
-            self.revisions.run_all(self.total)
+        # finals still waiting for a revision stay as they are: a stop must not wait for
+        # more decodes than the final one (the stop ladder's grace is a few seconds)
 
     # -- live schedule ---------------------------------------------------------------------
     def _partial(self) -> None:
