@@ -72,6 +72,7 @@ bench-quick: install
 fixtures:
 	command -v espeak-ng >/dev/null && command -v sox >/dev/null || (apt-get update && apt-get install -y espeak-ng sox)
 	bash tests/fixtures/make_fixtures.sh
+	bash tests/fixtures/make_room_fixtures.sh --committed
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache bench-out captions-out labextension/node_modules labextension/lib

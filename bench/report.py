@@ -667,6 +667,11 @@ def render_markdown(r: dict) -> str:
     else:
         parts.append(_failed(c))
 
+    if r.get("live") is not None:
+        from live import markdown as live_markdown
+
+        parts += ["## 2b. Live captions in a room", live_markdown(r["live"])]
+
     # 5
     fa = r.get("faults")
     parts.append("## 5. Fault matrix")

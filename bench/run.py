@@ -33,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from asr import bench_asr  # noqa: E402
 from abuse import bench_abuse  # noqa: E402
 from faults import bench_faults  # noqa: E402
+from live import run as live_run  # noqa: E402
 from measure import REPO, machine  # noqa: E402
 from longaudio import make_long  # noqa: E402
 from report import render_markdown, render_text, update_readme  # noqa: E402
@@ -203,6 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         log("2. streaming ASR against batch transcribe")
         results["asr"] = bench_asr(cfg["asr_files"], cfg["realtime_files"], cfg["asr_repeats"], tmp, log)
         timings["asr"] = round(time.monotonic() - t, 1)
+        t = time.monotonic()
+        log("2b. live captions in a room (bench/live.py)")
+        try:
+            results["live"] = live_run(quick=mode == "quick", sim=mode == "quick", sets=["harvard"] if mode == "quick" else ["harvard", "tuned"], log=log)
+        except Exception as exc:  # one failed part must not lose the rest of the bench
+            results["live"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        timings["live"] = round(time.monotonic() - t, 1)
         asyncio.run(server_sections(mode, cfg, tmp, results, timings, deadline, out / "logs"))
         if mode == "full":  # a browser run costs ~1 min: not in bench-quick
             log("6. JupyterLab extension: the browser microphone")

@@ -64,6 +64,7 @@ def snapshot(session: Session) -> dict[str, Any]:
     return {
         "state": session.state,
         "finals": [event_envelope(e) for e in session.finals[-SNAPSHOT_FINALS:]],
+        "revisions": [event_envelope(e) for e in session.revisions[-SNAPSHOT_FINALS:]],
         "partial": event_envelope(session.partial) if session.partial is not None else None,
     }
 

@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator, Iterator
 
 from .audio import to_pcm_bytes
 from .config import SessionConfig, build_asr_config, default_output_root, parse_formats
-from .events import EndReason, Event
+from .events import EndReason, Event, revised
 from .paths import ensure_dir_under, resolve_under
 from .resources import process_counters, worker_figures
 from .runtime import RUNTIME, wait_future
@@ -257,6 +257,11 @@ class Session:
         return [] if self._core is None else list(self._core.finals)
 
     @property
+    def revisions(self) -> list[Event]:
+        """`asr.revision` events: later, better text for earlier finals (same segment_id)."""
+        return [] if self._core is None else list(getattr(self._core, "revisions", ()))
+
+    @property
     def partial(self) -> Event | None:
         return None if self._core is None else self._core.partial
 
@@ -277,7 +282,8 @@ class Session:
 
     @property
     def text(self) -> str:
-        return " ".join(ev.text or "" for ev in self.finals).strip()
+        """The captions so far: each final with its latest revision applied."""
+        return " ".join(ev.text or "" for ev in revised(self.finals, self.revisions)).strip()
 
     def widget(self, **options: Any):
         """A live caption view of this session (needs ipywidgets): status, partial, finals, latency."""

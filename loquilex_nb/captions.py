@@ -143,6 +143,7 @@ class CaptionWriter:
         self._final_lines = final_lines
         self._cues: list[Cue] = []
         self._recent: deque[str] = deque(maxlen=final_lines)
+        self._by_segment: dict[int, int] = {}  # segment id -> index in _cues, for revisions
         self._closed = False
 
         self._paths: dict[str, Path] = {"partial": self._dir / "partial.txt"}
@@ -171,7 +172,7 @@ class CaptionWriter:
         line = _one_line(text)
         atomic_write_text(self._paths["partial"], line + "\n" if line else "")
 
-    def final(self, text: str, t0: float, t1: float) -> None:
+    def final(self, text: str, t0: float, t1: float, segment_id: int | None = None) -> None:
         """Commit a finished utterance spanning ``t0``..``t1`` seconds."""
         line = _one_line(text)
         if not line:
@@ -189,10 +190,24 @@ class CaptionWriter:
         start, end = round(start, 3), round(end, 3)
         if end <= start:
             end = round(start + _MIN_CUE, 3)
+        if segment_id is not None:
+            self._by_segment[segment_id] = len(self._cues)
         self._cues.append(Cue(start, end, line))
         self._recent.append(line)
         self._write_finals()
         atomic_write_text(self._paths["partial"], "")
+
+    def revise(self, segment_id: int, text: str) -> bool:
+        """Replace the text of an earlier final (same cue times); False if it is unknown."""
+        line = _one_line(text)
+        i = self._by_segment.get(segment_id)
+        if i is None or not line:
+            return False
+        cue = self._cues[i]
+        self._cues[i] = Cue(cue.start, cue.end, line)
+        self._recent = deque((c.text for c in self._cues[-self._final_lines :]), maxlen=self._final_lines)
+        self._write_finals()
+        return True
 
     def close(self) -> None:
         """Clear the partial line; safe to call more than once."""

@@ -230,6 +230,7 @@ class RemoteSessionCore:
         self.pid: int | None = info.get("pid")
         self.end: EndReason | None = end_from_dict(info["end"]) if info.get("end") else None
         self.finals: list[Event] = []
+        self.revisions: list[Event] = []
         self.partial: Event | None = None
         self._info = info
         self._formats = tuple(formats)
@@ -329,6 +330,8 @@ class RemoteSessionCore:
             self.partial = None
         elif ev.type == "asr.partial":
             self.partial = ev
+        elif ev.type == "asr.revision":
+            self.revisions.append(ev)
         elif ev.type == "status" and data.get("state") in STATES:
             self.state = data["state"]
             if data.get("end"):
@@ -341,11 +344,15 @@ class RemoteSessionCore:
         to_seq = int(gap.get("to_seq") or 0)
         snap = gap.get("snapshot") or {}
         lacking = sorted((event_from_wire(d) for d in snap.get("finals") or ()), key=lambda e: e.seq)
+        before = self._last_seq
         for ev in lacking:
             if self._last_seq < ev.seq <= to_seq:
                 self._last_seq = ev.seq
                 self._log.append(ev)
                 self.finals.append(ev)
+        for ev in sorted((event_from_wire(d) for d in snap.get("revisions") or ()), key=lambda e: e.seq):
+            if before < ev.seq <= to_seq:
+                self.revisions.append(ev)  # revisions of recovered finals, not replayed into the log
         self._last_seq = max(self._last_seq, to_seq)
         partial = snap.get("partial")
         last_final = self.finals[-1].seq if self.finals else 0

@@ -49,6 +49,8 @@ class AsrConfig:
     max_segment: float = 8.0
     batch_window: float = 24.0
     context_chars: int = 200
+    left_context: float = 8.0
+    revise: bool = True
 
     def validate(self) -> None:
         model = Path(self.model)
@@ -66,6 +68,9 @@ class AsrConfig:
         _check_range("max_segment", self.max_segment, 2.0, 28.0)
         _check_range("batch_window", self.batch_window, 2.0, 28.0)
         _check_range("context_chars", self.context_chars, 0, 1000, int)
+        _check_range("left_context", self.left_context, 0.0, 10.0)
+        if not isinstance(self.revise, bool):
+            raise ValueError(f"revise must be True or False, got {self.revise!r}")
         if not isinstance(self.language, str) or self.language not in LANGUAGES:
             shown = self.language[:40] + "..." if isinstance(self.language, str) and len(self.language) > 40 else self.language
             raise ValueError(f"language must be one of Whisper's language codes (e.g. 'en', 'de'), got {shown!r}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-EVENT_TYPES = ("status", "asr.partial", "asr.final", "error", "eos")
+# asr.revision: a later, better text for an earlier final (same segment_id); never coalesced
+EVENT_TYPES = ("status", "asr.partial", "asr.final", "asr.revision", "error", "eos")
 STATES = ("starting", "running", "stopping", "stopped", "failed")
 
 
@@ -42,6 +43,14 @@ class Event:
             t_mono=float(d["t_mono"]), segment_id=d.get("segment_id"), text=d.get("text"),
             t0=d.get("t0"), t1=d.get("t1"), words=d.get("words"), data=d.get("data"),
         )
+
+
+def revised(finals: list[Event], revisions: list[Event]) -> list[Event]:
+    """The finals with the text of their latest revision (same segment_id), in order."""
+    import dataclasses
+
+    latest = {r.segment_id: r.text for r in revisions}
+    return [dataclasses.replace(f, text=latest[f.segment_id]) if f.segment_id in latest else f for f in finals]
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class Session:
         self.ended_at: float | None = None  # monotonic
         self.log: deque[Event] = deque(maxlen=log_capacity)
         self.finals: list[Event] = []
+        self.revisions: list[Event] = []  # kept whole like finals: a late client's snapshot needs them
         self.partial: Event | None = None
         self.seq = 0
         self.pid: int | None = None
@@ -294,7 +295,7 @@ class Session:
     # -- events --------------------------------------------------------------------------
     def _ingest(self, raw: dict[str, Any]) -> None:
         type_ = raw["type"]
-        if type_ not in ("status", "asr.partial", "asr.final", "error"):
+        if type_ not in ("status", "asr.partial", "asr.final", "asr.revision", "error"):
             raise ValueError(f"unknown event type {type_!r}")
         data = raw.get("data")
         if type_ == "status" and data and data.get("state") == "running":
@@ -335,6 +336,8 @@ class Session:
             self.partial = None
         elif type_ == "asr.partial":
             self.partial = ev
+        elif type_ == "asr.revision":
+            self.revisions.append(ev)
         for fn in list(self._subscribers):
             try:
                 fn(ev)

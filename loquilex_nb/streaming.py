@@ -2,9 +2,12 @@
 
 Two schedules share one decoder:
 - live (real-time file, push, microphone): a partial every `partial_interval` of new audio
-  while the input is not backlogged, a final when `vad_silence` of silence ends the
-  utterance or it reaches `max_segment`. Each decode covers at most one utterance, so the
-  work per second of audio is bounded; earlier finals are the prompt (left context).
+  while the input is not backlogged; a final when two consecutive partials agree on words up
+  to a sentence end (agreement.py), when `vad_silence` of silence ends the utterance, or
+  when it reaches `max_segment`. A final decodes its utterance with up to `left_context` of
+  earlier audio (whole earlier finals) and keeps its own words by their timestamps; the
+  text before that audio is the prompt. Later, with audio on both sides, revisions.py may
+  replace a final's text (`asr.revision`).
 - batch (file as fast as possible): finished utterances are gathered up to `batch_window`
   and decoded together, which costs about what one batch transcribe does; partials are
   replayed from the word timings at no extra decode.
@@ -20,12 +23,17 @@ from typing import Callable
 import numpy as np
 
 from .config import SAMPLE_RATE, AsrConfig
+from .agreement import SENTENCE_END, TimedWord, agreed_prefix, commit_point, inside, join
 from .decoder import Hypothesis, Word
+from .revisions import Revisions
 from .vad import EnergyVad
 
 PAD = int(1.0 * SAMPLE_RATE)  # audio around an utterance: edges are not cut, and Whisper gets a lead-in
 FORCED_TAIL = 1.0  # seconds left undecided at a forced split (a word may be cut there)
 END_SLACK = 0.1  # seconds a word may end after the detector's last voiced frame
+CUT_SLACK = int(0.1 * SAMPLE_RATE)  # a word whose middle is this close before the utterance is its own
+SETTLE_S = 0.6  # an agreed sentence end with nothing said after it for this long is final
+AGREE_LONG_S = 5.0  # past this, agreed words are committed even without a sentence end
 
 Emit = Callable[..., None]
 
@@ -57,6 +65,12 @@ class StreamingRecognizer:
         self.arrivals: deque[tuple[int, float]] = deque(maxlen=512)  # (end sample, monotonic)
         self.decode_cpu = 0.0
         self.decodes = 0
+        self.left = int(cfg.left_context * SAMPLE_RATE) if live else 0
+        self.prev_words: list[TimedWord] = []  # the last partial's words, for agreement
+        self.prev_upto = 0  # audio the last partial's decode covered
+        self.revisions = Revisions(self, enabled=live and cfg.revise)
+        # recent finals as (start, end, len(context) before it): left context starts at one
+        self.spans: deque[tuple[int, int, int]] = deque(maxlen=64)
 
     # -- input ---------------------------------------------------------------------------
     def push(self, chunk: np.ndarray) -> None:
@@ -83,22 +97,14 @@ class StreamingRecognizer:
         self._trim()
 
     def tick(self, backlogged: bool) -> None:
-        """Live schedule: decode a partial when enough new audio arrived and we are caught up."""
-        if not self.live or self.utt_start is None or backlogged:
+        """Live schedule: a partial when enough new audio arrived and we are caught up; with
+        time to spare, a revision of an older final."""
+        if not self.live or backlogged:
             return
-        if self.total - self.last_partial_at < self.cfg.partial_interval * SAMPLE_RATE:
+        if self.utt_start is not None and self.total - self.last_partial_at >= self.cfg.partial_interval * SAMPLE_RATE:
+            self._partial()
             return
-        self.last_partial_at = self.total
-        hyp = self._decode(self.utt_start, self.total, words=False)
-        if hyp.text:
-            self.partial_text = hyp.text
-            self.emit(
-                "asr.partial",
-                segment_id=self.segment_no,
-                text=hyp.text,
-                t0=_sec(self.utt_start),
-                t1=_sec(self.total),
-            )
+        self.revisions.run_one(self.total)
 
     def finalize(self, decode: bool = True) -> None:
         """Commit everything heard so far. decode=False reuses the last partial (fast exit)."""
@@ -116,16 +122,88 @@ class StreamingRecognizer:
                 self._flush_batch()
             else:
                 self.pending.clear()
+        # finals still waiting for a revision stay as they are: a stop must not wait for
+        # more decodes than the final one (the stop ladder's grace is a few seconds)
 
-    # -- schedules -------------------------------------------------------------------------
+    # -- live schedule ---------------------------------------------------------------------
+    def _partial(self) -> None:
+        start = self.utt_start
+        assert start is not None
+        self.last_partial_at = self.total
+        # partials decode without acoustic left context: it costs a full window every 0.4 s,
+        # and a final (or revision) decodes the words again with it
+        words = self._live_words(start, self.total, left=0)
+        agreed = agreed_prefix(self.prev_words, words)
+        self.prev_words, self.prev_upto = words, self.total
+        long_utt = self.total - start >= AGREE_LONG_S * SAMPLE_RATE
+        n = commit_point(words, agreed, self.total, settle=int(SETTLE_S * SAMPLE_RATE), long_utterance=long_utt)
+        if n:
+            # a final without silence: the speaker went on (or the background never pauses)
+            done = words[:n]
+            split = words[n].start if n < len(words) else done[-1].end
+            split = max(split, done[-1].end)
+            reason = "sentence-end" if done[-1].word.rstrip().endswith(SENTENCE_END) else "agreement"
+            self._final_words(Utterance(start, split, self.segment_no), done, reason=reason)
+            self.segment_no += 1
+            self.utt_start = split
+            words = words[n:]
+            self.prev_words = words
+        text = join(words)
+        if text:
+            self.partial_text = text
+            self.emit(
+                "asr.partial",
+                segment_id=self.segment_no,
+                text=text,
+                t0=_sec(self.utt_start),
+                t1=_sec(self.total),
+            )
+
+    def context_at(self, start: int, left: int) -> tuple[int, str]:
+        """Where a decode of audio from `start` begins, and its text prompt.
+
+        The left context is whole earlier finals that started at most `left` before (a cut
+        inside a word makes Whisper stumble), and the prompt is only the text *before* that
+        audio: a prompt that repeats the audio makes Whisper copy it or skip the audio.
+        """
+        lo, ctx_len = start - PAD, len(self.context)
+        for s, e, before in self.spans:
+            if s >= start - left and e <= start and s >= self.buf_start:
+                lo, ctx_len = min(s - int(0.1 * SAMPLE_RATE), start - PAD), before
+                break
+        return max(self.buf_start, lo), self.context[:ctx_len][-self.cfg.context_chars :]
+
+    def _live_words(self, start: int, end: int, *, pad: int = PAD, left: int | None = None) -> list[TimedWord]:
+        """Decode [start, end) with up to `left_context` of audio before it; keep its own words."""
+        lo, prompt = self.context_at(start, self.left if left is None else left)
+        hi = min(self.total, end + pad)
+        hyp = self._decode_span(lo, hi, prompt, words=True)
+        if not hyp.words:
+            kept = [TimedWord(hyp.text, start, max(start, end))] if hyp.text and lo >= start - PAD else []
+        else:
+            kept = inside(_timed(hyp.words, lo), start, slack=CUT_SLACK)
+        if not kept and lo < start - PAD:
+            # the context swallowed the utterance: a repeat of the sentence before it ("yes.
+            # yes.") is trimmed as a decoder loop. Without context it stands alone.
+            return self._live_words(start, end, pad=pad, left=0)
+        return kept
+
     def _utterance_done(self, utt: Utterance) -> None:
         self.utt_start = None
         if self.live:
-            hyp = self._decode(utt.start, utt.end, words=True)
-            self._emit_final(utt, hyp.text, hyp.words, offset=_sec(self._lo(utt.start)), hyp=hyp)
+            words = self._live_words(utt.start, utt.end)
+            self._final_words(utt, words, reason="silence")
             self.partial_text = ""
+            self.prev_words = []
             return
         self.pending.append(utt)
+
+    def _final_words(self, utt: Utterance, words: list[TimedWord], *, reason: str) -> None:
+        text = join(words)
+        plain = [Word(w.word, (w.start - utt.start) / SAMPLE_RATE, (w.end - utt.start) / SAMPLE_RATE, w.probability) for w in words]
+        if self._emit_final(utt, text, plain, offset=_sec(utt.start), reason=reason):
+            self.revisions.add(utt, text, words)
+        self.partial_text = ""
 
     def _forced_split(self, now: int) -> None:
         """An utterance too long to decode in one window: commit all but its last second."""
@@ -133,21 +211,30 @@ class StreamingRecognizer:
             self._flush_batch()
         start = self.utt_start
         assert start is not None
-        lo = self._lo(start)
-        hyp = self._decode(start, now, words=True)
-        cut = now - int(FORCED_TAIL * SAMPLE_RATE)
-        keep = [w for w in hyp.words if lo + int(w.end * SAMPLE_RATE) <= cut]
-        if hyp.words and keep:
-            text = "".join(w.word for w in keep).strip()
-            split = lo + int(keep[-1].end * SAMPLE_RATE)
+        if self.live:
+            cut = now - int(FORCED_TAIL * SAMPLE_RATE)
+            words = self._live_words(start, now, pad=0)
+            keep = [w for w in words if w.end <= cut] or words
+            split = keep[-1].end if keep and keep is not words else now
+            self._final_words(Utterance(start, split, self.segment_no), keep, reason="max-length")
+            self.prev_words = []
         else:
-            text, keep, split = hyp.text, hyp.words, now
-        self._emit_final(Utterance(start, split, self.segment_no), text, keep, offset=_sec(lo), hyp=hyp, reason="max-length")
+            lo = self._lo(start)
+            hyp = self._decode(start, now, words=True)
+            cut = now - int(FORCED_TAIL * SAMPLE_RATE)
+            keep_w = [w for w in hyp.words if lo + int(w.end * SAMPLE_RATE) <= cut]
+            if hyp.words and keep_w:
+                text = "".join(w.word for w in keep_w).strip()
+                split = lo + int(keep_w[-1].end * SAMPLE_RATE)
+            else:
+                text, keep_w, split = hyp.text, hyp.words, now
+            self._emit_final(Utterance(start, split, self.segment_no), text, keep_w, offset=_sec(lo), hyp=hyp, reason="max-length")
         self.partial_text = ""
         self.segment_no += 1
         self.utt_start = split
         self.last_partial_at = split
 
+    # -- batch schedule --------------------------------------------------------------------
     def _flush_batch(self) -> None:
         utts, self.pending = self.pending, []
         lo = self._lo(utts[0].start)
@@ -183,11 +270,12 @@ class StreamingRecognizer:
         return max(self.buf_start, start - PAD)
 
     def _decode(self, start: int, end: int, *, words: bool) -> Hypothesis:
-        lo = self._lo(start)
-        hi = min(self.total, end + PAD)
+        return self._decode_span(self._lo(start), min(self.total, end + PAD), self.context[-self.cfg.context_chars :], words=words)
+
+    def _decode_span(self, lo: int, hi: int, prompt: str, *, words: bool) -> Hypothesis:
         audio = self.buf[lo - self.buf_start : hi - self.buf_start]
         t = time.process_time()
-        hyp = self.decoder.decode(audio, self.context[-self.cfg.context_chars :], words=words)
+        hyp = self.decoder.decode(audio, prompt, words=words)
         self.decode_cpu += time.process_time() - t
         self.decodes += 1
         return hyp
@@ -201,11 +289,16 @@ class StreamingRecognizer:
         offset: float = 0.0,
         hyp: Hypothesis | None = None,
         reason: str = "silence",
-    ) -> None:
+    ) -> bool:
         text = text.strip()
         if not text:
-            return
-        self.context = (self.context + " " + text).strip()[-1000:]
+            return False
+        if len(self.context) > 2000:
+            cut = len(self.context) - 1000  # keep it bounded; span offsets move with it
+            self.context = self.context[cut:]
+            self.spans = deque(((s, e, max(0, b - cut)) for s, e, b in self.spans), maxlen=self.spans.maxlen)
+        self.spans.append((utt.start, utt.end, len(self.context)))
+        self.context = (self.context + " " + text).strip()
         word_dicts = [w.as_dict(offset) for w in words]
         # raw alignment puts the first word's start at the start of the decoded audio (the
         # lead-in), and its last word's end into the trailing pad: the detector bounds both
@@ -220,9 +313,10 @@ class StreamingRecognizer:
             data["window_s"] = hyp.window_s
             data["retried"] = hyp.retried
         if self.live:
-            arrived = self._arrival_of(utt.end)
+            arrived = self._arrival_of(int(min(t1, _sec(utt.end)) * SAMPLE_RATE))
             if arrived is not None:
                 data["latency"] = round(time.monotonic() - arrived, 3)
+            data["audio_lag"] = round(_sec(self.total) - min(t1, _sec(utt.end)), 3)
         self.emit(
             "asr.final",
             segment_id=utt.seg,
@@ -232,6 +326,7 @@ class StreamingRecognizer:
             words=word_dicts,
             data=data,
         )
+        return True
 
     def _arrival_of(self, sample: int) -> float | None:
         for end, mono in self.arrivals:
@@ -241,15 +336,23 @@ class StreamingRecognizer:
 
     def _trim(self) -> None:
         """Keep only audio that a future decode can still need."""
-        keep_from = self.total - PAD
+        keep_from = self.total - max(PAD, self.left)
         if self.utt_start is not None:
-            keep_from = min(keep_from, self.utt_start - PAD)
+            keep_from = min(keep_from, self.utt_start - max(PAD, self.left))
         if self.pending:
             keep_from = min(keep_from, self.pending[0].start - PAD)
+        keep_from = min(keep_from, self.revisions.needs_from())
         drop = keep_from - self.buf_start
         if drop > SAMPLE_RATE:
             self.buf = self.buf[drop:]
             self.buf_start += drop
+
+
+def _timed(words: list[Word], lo: int) -> list[TimedWord]:
+    return [
+        TimedWord(w.word.strip(), lo + int(w.start * SAMPLE_RATE), lo + int(w.end * SAMPLE_RATE), w.probability)
+        for w in words
+    ]
 
 
 def _sec(samples: int) -> float:

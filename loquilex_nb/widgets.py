@@ -25,7 +25,7 @@ try:
 except ImportError as exc:  # the `lab` extra
     raise ImportError("loquilex_nb.widgets needs ipywidgets: pip install 'loquilex-nb[lab]'") from exc
 
-from .events import EndReason, Event
+from .events import EndReason, Event, revised
 from .resources import process_counters, worker_figures
 from .runtime import RUNTIME
 
@@ -595,7 +595,7 @@ class CaptionView(W.VBox):
         self._thread: threading.Thread | None = None
         if self._end is not None:
             # ended: draw what it left, no thread at all
-            self._finals = list(session.finals)
+            self._finals = revised(list(session.finals), getattr(session, "revisions", []))
             self._done.set()
             self._render()
             return
@@ -730,6 +730,7 @@ class CaptionView(W.VBox):
         for ev in list(getattr(core, "finals", ())):
             seen.add(ev.seq)
             self._finals.append(ev)
+        self._finals = revised(self._finals, list(getattr(core, "revisions", ())))
         if self._finals:
             self._render()
 
@@ -747,6 +748,8 @@ class CaptionView(W.VBox):
             if ev.seq not in seen:
                 seen.add(ev.seq)
                 self._finals.append(ev)
+        elif ev.type == "asr.revision":
+            self._finals = revised(self._finals, [ev])  # the better text, in the same place
         elif ev.type == "error":
             self._error = data
         elif ev.type == "eos":
@@ -766,7 +769,7 @@ class CaptionView(W.VBox):
                 self._state = s.status
                 self._partial = None
                 if not self._finals:
-                    self._finals = list(s.finals)
+                    self._finals = revised(list(s.finals), getattr(s, "revisions", []))
             self._render()
         except Exception:
             pass

@@ -468,7 +468,9 @@ def main() -> int:
                 if type_ == "asr.partial":
                     writer.partial(fields["text"])
                 elif type_ == "asr.final":
-                    writer.final(fields["text"], fields["t0"], fields["t1"])
+                    writer.final(fields["text"], fields["t0"], fields["t1"], segment_id=fields["segment_id"])
+                elif type_ == "asr.revision":
+                    writer.revise(fields["segment_id"], fields["text"])
             except OSError as exc:
                 # the session goes on; the client still gets every caption as an event
                 emit("error", data={"code": "caption-write", "detail": f"{type(exc).__name__}: {exc}"})
