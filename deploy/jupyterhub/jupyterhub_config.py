@@ -39,9 +39,12 @@ c.SimpleLocalProcessSpawner.home_dir_template = env("LOQUILEX_HUB_HOMES", "/tmp/
 c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
 c.Spawner.args = ["--allow-root"] if os.geteuid() == 0 else []
 c.Spawner.environment = {"HF_HUB_OFFLINE": "1"}  # the model ships with the package
-# A hub stop sends SIGINT, then SIGTERM after interrupt_timeout: the extension's own stop
-# (sessions stopped, last finals written and sent) takes a few seconds, well inside it.
-c.Spawner.interrupt_timeout = 10
+# A hub stop (or the idle culler) sends SIGINT, then SIGTERM after interrupt_timeout. The
+# extension's stop asks each worker to finish its utterance (stop_grace), then SIGTERM
+# (term_grace); a busy shared machine needs more than the interactive 3 s default to end
+# sessions clean, and the whole stop (stop_timeout) must fit in interrupt_timeout.
+c.Spawner.args += ["--LoquilexApp.stop_grace=8", "--LoquilexApp.stop_timeout=15"]
+c.Spawner.interrupt_timeout = 20
 # Captions land in each user's home: <home>/loquilex-captions/<session>/ (root_dir is home).
 # Idle culling counts captioning as activity; an open session that hears nothing counts
 # only with this set to True (the default is False):

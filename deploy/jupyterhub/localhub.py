@@ -202,8 +202,8 @@ class LocalHub:
         return self.request(method, "hub/api/" + path, self.token, body)
 
     def prefix(self, user: str, name: str = "") -> str:
-        """The server's path under the proxy, e.g. /lx/user/alice/ or /lx/user/alice/talk/."""
-        return f"{self.base_url}user/{user}/" + (f"{name}/" if name else "")
+        """The server's path under base_url, e.g. user/alice/ or user/alice/talk/."""
+        return f"user/{user}/" + (f"{name}/" if name else "")
 
     def server_path(self, user: str, name: str = "") -> str:
         return f"users/{user}/servers/{name}" if name else f"users/{user}/server"
