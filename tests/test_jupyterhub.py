@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from datetime import datetime
@@ -42,9 +43,15 @@ pytestmark = [pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory):
+def hub():
+    # not under pytest's basetemp: another pytest run on the machine may prune it meanwhile
+    with tempfile.TemporaryDirectory(prefix="loquilex-hub-") as tmp:
+        yield from _hub(Path(tmp))
+
+
+def _hub(tmp: Path):
     h = LocalHub(
-        tmp_path_factory.mktemp("hub"),
+        tmp,
         ["alice", "bob", "carol", "dave"],
         base_url="/lx/",
         args=[
