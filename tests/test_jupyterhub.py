@@ -405,7 +405,8 @@ async def test_idle_culler_spares_captioning_servers(hub, tmp_path):
 @pytest.mark.asyncio
 @pytest.mark.leak_settle(15)
 async def test_hub_sigterm_leaves_no_process_behind(hub):
-    hub.start_servers(("bob", ""), ("dave", ""))
+    # the culler test stopped the idle ones (alice's named server among them)
+    hub.start_servers(*(s for s in (("alice", "talk"), ("bob", ""), ("dave", "")) if not hub.server_running(*s)))
     workers = []
     for user, server in (("alice", ""), ("alice", "talk"), ("bob", "")):
         workers.append(post_session(hub, user, hub.prefix(user, server))["pid"])
@@ -424,3 +425,54 @@ async def test_hub_sigterm_leaves_no_process_behind(hub):
     left = [p for p in hub.survivors() if not gone(p.pid, 10)]
     assert left == [], [(p.pid, p.cmdline()) for p in left]
     assert took < 45, took
+
+
+# -- SIGINT goes to jupyter_server's stop only under a hub -------------------------------------
+class _App:
+    """What route_sigint_to_stop reads of a ServerApp: its identity provider and stop handlers."""
+
+    def __init__(self, provider) -> None:
+        self.identity_provider = provider
+        self.stopped: list[int] = []
+
+    def _signal_stop(self, sig, frame) -> None:
+        self.stopped.append(sig)
+
+    def _handle_sigint(self, sig, frame) -> None:  # jupyter_server's tty prompt
+        raise AssertionError("the interactive handler must not run under a hub")
+
+
+@pytest.mark.parametrize("under_hub", [True, False], ids=["hub", "plain"])
+def test_sigint_routing_only_under_a_hub(monkeypatch, under_hub):
+    import logging
+
+    from jupyter_server.auth.identity import IdentityProvider
+    from jupyterhub.singleuser.extension import JupyterHubIdentityProvider
+
+    from jupyter_server_ext.hubsignals import route_sigint_to_stop
+
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "x")
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/alice/")
+    # the spawner's environment alone is not enough: a kernel of a hub server has it too
+    provider = object.__new__(JupyterHubIdentityProvider if under_hub else IdentityProvider)
+    app = _App(provider)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a server without a tty
+        assert route_sigint_to_stop(app, logging.getLogger("test")) is under_hub
+        if under_hub:
+            os.kill(os.getpid(), signal.SIGINT)
+            deadline = time.monotonic() + 5
+            while not app.stopped:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert app.stopped == [signal.SIGINT]
+        else:
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        # someone else's handler is left alone, even under a hub
+        custom = lambda s, f: None  # noqa: E731
+        signal.signal(signal.SIGINT, custom)
+        assert route_sigint_to_stop(app, logging.getLogger("test")) is False
+        assert signal.getsignal(signal.SIGINT) is custom
+    finally:
+        signal.signal(signal.SIGINT, before)
