@@ -417,7 +417,12 @@ async def test_hub_sigterm_leaves_no_process_behind(hub):
     hub.server_process("dave").send_signal(signal.SIGKILL)
     assert wait_gone([dave_worker], 10) == []
     procs = hub.remember()
-    names = {" ".join(p.cmdline()[:3]) for p in procs}
+    names = set()
+    for p in procs:
+        try:
+            names.add(" ".join(p.cmdline()[:3]))
+        except psutil.Error:  # dave's server: a zombie until the hub polls it
+            pass
     assert any("ipykernel" in n for n in names) and any("configurable-http-proxy" in n for n in names), names
     assert set(workers) <= {p.pid for p in procs}
     took = hub.stop(60)
