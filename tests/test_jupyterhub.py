@@ -361,7 +361,7 @@ async def test_idle_culler_spares_captioning_servers(hub, tmp_path):
     dave = post_session(hub, "dave", hub.prefix("dave"))
     alice_sid = post_session(hub, "alice", hub.prefix("alice"))["id"]
     client = await Client.open(hub, hub.tokens["alice"], hub.prefix("alice"), alice_sid)
-    culler = None
+    culler = streaming = None
     try:
         streaming = asyncio.create_task(client.send(speech_for(CULL_TIMEOUT * 3)))
         # the hub knows alice is active before the culler first looks
@@ -393,7 +393,14 @@ async def test_idle_culler_spares_captioning_servers(hub, tmp_path):
         if culler is not None:
             culler.terminate()
             culler.wait(10)
+        if streaming is not None:
+            streaming.cancel()
+            await asyncio.gather(streaming, return_exceptions=True)
         await client.aclose()
+        for user in ("bob", "dave"):  # culled, unless this test failed
+            if hub.server_running(user):
+                hub.delete_server(user)
+                hub.wait_stopped(user)
     # dave's server was culled through the same orderly path: its session ended clean
     assert wait_gone([dave["pid"]], 10) == []
     hub.delete_server("carol")
