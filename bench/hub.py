@@ -133,7 +133,7 @@ def _ratio(a, b):
 
 async def stops(hub: LocalHub, log: Callable) -> dict:
     """2 push sessions per user with a client each; DELETE one user's server; then hub SIGTERM."""
-    routes, workers, watchers = {}, {}, {}
+    routes, workers, watchers, sids = {}, {}, {}, []
     for user in USERS:
         routes[user] = Route(hub.url(hub.prefix(user)), hub.user_token(user))
         workers[user], watchers[user] = [], []
@@ -142,11 +142,11 @@ async def stops(hub: LocalHub, log: Callable) -> dict:
             ws = await routes[user].ws(info["id"])
             await ws.write_message(json.dumps({"type": "hello"}))
             workers[user].append(info["pid"])
+            sids.append((user, info["id"]))
             watchers[user].append(asyncio.create_task(_watch(ws)))
     try:
-        for r in routes.values():  # every worker has loaded its model: a stop is then a real one
-            for s in (await r.api("GET", "sessions"))["sessions"]:
-                await _wait_running(r, s["id"])
+        for user, sid in sids:  # every worker has loaded its model: a stop is then a real one
+            await _wait_running(routes[user], sid)
         # what an operator sizes a pod by: each worker's memory, and its server's
         worker_rss = [psutil.Process(p).memory_info().rss / 2**20 for u in USERS for p in workers[u]]
         server_rss = [hub.server_process(u).memory_info().rss / 2**20 for u in USERS]
@@ -205,6 +205,57 @@ async def bench_hub(tmp: Path, quick: bool, log: Callable) -> dict:
         return out
     finally:
         hub.kill()
+
+
+async def hub_section(tmp: Path, quick: bool, log: Callable) -> dict:
+    """For bench/run.py: never raises, a failure is reported in the results."""
+    t = time.monotonic()
+    try:
+        out = await bench_hub(tmp, quick, log)
+    except Exception as exc:
+        log(f" part 'hub' FAILED: {exc!r}")
+        out = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    out["elapsed_s"] = round(time.monotonic() - t, 1)
+    return out
+
+
+# -- report (bench/report.py calls these) -------------------------------------------------------
+HUB_HEAD = ["figure", "through the hub's proxy", "direct to the server", "proxy − direct / ÷ direct"]
+
+
+def hub_rows(h: dict) -> list[list[str]]:
+    pd = h["proxy_vs_direct"]
+    p, d = pd["proxy"], pd["direct"]
+    rows = []
+    for q in ("p50", "p90"):
+        rows.append([f"final latency {q} (end of utterance → event at the client)", f"{p['latency']['e2e_s'][q]:.3f} s", f"{d['latency']['e2e_s'][q]:.3f} s",
+                     f"{p['latency']['e2e_s'][q] - d['latency']['e2e_s'][q]:+.3f} s" if p['latency']['e2e_s'][q] is not None and d['latency']['e2e_s'][q] is not None else "–"])
+    rows.append(["replay events/s p50, one client", f"{p['replay']['events_per_s']['p50']:.0f}", f"{d['replay']['events_per_s']['p50']:.0f}", f"{pd['proxy_over_direct_events_per_s']}×"])
+    return rows
+
+
+def hub_markdown(h: dict, table: Callable) -> str:
+    if "error" in h:
+        return f"## 6. JupyterHub\n\nFAILED: {h['error']}"
+    st = h["stops"]
+    ds, hs = st["delete_server"], st["hub_sigterm"]
+    return "\n\n".join([
+        "## 6. JupyterHub",
+        table(HUB_HEAD, hub_rows(h)),
+        f"- a real hub on 127.0.0.1 (deploy/jupyterhub/jupyterhub_config.py via localhub.py, SimpleLocalProcessSpawner, "
+        f"configurable-http-proxy, base_url `/lx/`), {st['users']} users; hub up in {h['hub_start_s']} s, their servers ready "
+        f"{h['servers_start_s']} s later. Latency: bench/server.py's end-to-end run (`{h['proxy_vs_direct']['file']}` pushed in real "
+        "time) on the same single-user server, once directly to its port and once through the proxy, both with the user's hub token. "
+        "Replay: every event of an ended non-realtime session on speech.wav read by one client, alternately both ways.",
+        f"- **{st['users']} users × {st['sessions_per_user']} push sessions**, a WebSocket client on each, every worker running "
+        f"(worker RSS p50 {st['worker_rss_mib']['p50']:.0f} MiB, max {st['worker_rss_mib']['max']:.0f} MiB; single-user server RSS p50 "
+        f"{st['server_rss_mib']['p50']:.0f} MiB).",
+        f"- `DELETE /hub/api/users/{ds['user']}/server` (the spawner's SIGINT): its last worker gone after **{ds['workers_gone_s']} s**, "
+        f"the server after {ds['server_gone_s']} s; its sessions ended {ds['ends']}, sockets closed {ds['closes']}.",
+        f"- hub SIGTERM with the other {hs['sessions']} sessions running: hub exited after {hs['hub_exit_s']} s, every process it "
+        f"started gone after {hs['all_gone_s']} s; sessions ended {hs['ends']}, sockets closed {hs['closes']}; "
+        f"processes left: {len(hs['processes_left'])}.",
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from asr import bench_asr  # noqa: E402
 from faults import bench_faults  # noqa: E402
+from hub import hub_section  # noqa: E402
 from measure import REPO, machine  # noqa: E402
 from report import render_markdown, render_text  # noqa: E402
 from server import SAMPLE, SPEECH, JupyterServer, bench_cycles, bench_fanout, bench_latency, bench_overhead, concat_wav, counters, settle_to  # noqa: E402
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (make bench-quick, tests/test_bench_quick.py)")
     parser.add_argument("--out", type=Path, default=None, help="write results.json, BENCHMARKS.md and img/ here, and nothing anywhere else")
     parser.add_argument("--no-docs", action="store_true", help="full run: do not publish into docs/")
+    parser.add_argument("--hub", action="store_true", help="quick run: include the JupyterHub section (a full run always does)")
     args = parser.parse_args(argv)
 
     mode = "quick" if args.quick else "full"
@@ -193,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         log("2. streaming ASR against batch transcribe")
         results["asr"] = bench_asr(cfg["asr_files"], cfg["realtime_files"], cfg["asr_repeats"], tmp, log)
         timings["asr"] = round(time.monotonic() - t, 1)
+        if not args.quick or args.hub:  # before the server sections: the cycles then fit what is left
+            log("6. JupyterHub: proxy vs direct, 4 users x 2 sessions, hub stops")
+            results["hub"] = asyncio.run(hub_section(tmp, args.quick, log))
+            timings["hub"] = results["hub"]["elapsed_s"]
         asyncio.run(server_sections(mode, cfg, tmp, results, timings, deadline, out / "logs"))
     results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     results["elapsed_s"] = round(time.monotonic() - started, 1)
