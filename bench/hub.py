@@ -76,14 +76,18 @@ async def _wait_running(route: Route, sid: str, timeout: float = 120.0) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _watch(ws) -> dict:
+async def _watch(ws, via: str) -> dict:
     """Read a session's socket to its close; the eos end kind and the close code."""
     kind = None
     while (msg := await ws.read_message()) is not None:
         env = json.loads(msg)
         if env["type"] == "eos":
             kind = env["data"]["data"]["end"]["kind"]
-    return {"end": kind, "close": ws.close_code}
+    return {"via": via, "end": kind, "close": ws.close_code}
+
+
+def _tally(watched: list[dict], key: str) -> dict:
+    return dict(Counter(f"{w['via']}: {w[key]}" for w in watched))
 
 
 async def _replay_rate(route: Route, sid: str, rounds: int) -> dict:
@@ -98,7 +102,7 @@ async def proxy_vs_direct(hub: LocalHub, quick: bool, log: Callable) -> dict:
     token = hub.user_token("u1")
     proxy = Route(hub.url(hub.prefix("u1")), token)
     direct = Route(hub.server_process("u1").environ()["JUPYTERHUB_SERVICE_URL"], token)
-    wav = SHORT if quick else SPEECH
+    wav = SPEECH  # short.wav has one utterance, whose final may come only after the stop
     out: dict = {"file": str(wav.relative_to(REPO)), "direct_base": direct.base.split("/lx/")[0], "proxy_base": proxy.base.split("/lx/")[0]}
     try:
         for name, route in (("direct", direct), ("proxy", proxy)):
@@ -135,15 +139,20 @@ async def stops(hub: LocalHub, log: Callable) -> dict:
     """2 push sessions per user with a client each; DELETE one user's server; then hub SIGTERM."""
     routes, workers, watchers, sids = {}, {}, {}, []
     for user in USERS:
-        routes[user] = Route(hub.url(hub.prefix(user)), hub.user_token(user))
+        token = hub.user_token(user)
+        routes[user] = Route(hub.url(hub.prefix(user)), token)
+        direct = Route(hub.server_process(user).environ()["JUPYTERHUB_SERVICE_URL"], token)
+        routes[user + "-direct"] = direct
         workers[user], watchers[user] = [], []
-        for _ in range(SESSIONS_PER_USER):
+        for i in range(SESSIONS_PER_USER):
             info = await routes[user].api("POST", "sessions", {"source": {"kind": "push"}, "formats": ["txt"]})
-            ws = await routes[user].ws(info["id"])
+            # one client through the proxy, one direct: a hub SIGTERM stops its proxy at once
+            via = "proxy" if i % 2 == 0 else "direct"
+            ws = await (routes[user] if via == "proxy" else direct).ws(info["id"])
             await ws.write_message(json.dumps({"type": "hello"}))
             workers[user].append(info["pid"])
             sids.append((user, info["id"]))
-            watchers[user].append(asyncio.create_task(_watch(ws)))
+            watchers[user].append(asyncio.create_task(_watch(ws, via)))
     try:
         for user, sid in sids:  # every worker has loaded its model: a stop is then a real one
             await _wait_running(routes[user], sid)
@@ -167,14 +176,14 @@ async def stops(hub: LocalHub, log: Callable) -> dict:
         everything = await _wait_gone([p.pid for p in hub.survivors()], t0, 30)
         ended = [await w for u in rest for w in watchers[u]]
         left = [(p.pid, " ".join(p.cmdline()[:3])) for p in hub.survivors()]
-        log(f"  hub SIGTERM: exit after {hub_exit:.2f} s, {len(pids)} sessions {dict(Counter(e['end'] for e in ended))}, left {left}")
+        log(f"  hub SIGTERM: exit after {hub_exit:.2f} s, {len(pids)} sessions {_tally(ended, 'end')}, left {left}")
         return {
             "users": len(USERS), "sessions_per_user": SESSIONS_PER_USER,
             "worker_rss_mib": summary(worker_rss), "server_rss_mib": summary(server_rss),
             "delete_server": {"user": user, "workers_gone_s": _r(workers_gone), "server_gone_s": _r(server_gone),
-                              "ends": dict(Counter(str(e["end"]) for e in deleted)), "closes": dict(Counter(str(e["close"]) for e in deleted))},
+                              "ends": _tally(deleted, "end"), "closes": _tally(deleted, "close")},
             "hub_sigterm": {"sessions": len(pids), "hub_exit_s": round(hub_exit, 3), "all_gone_s": _r(everything),
-                            "ends": dict(Counter(str(e["end"]) for e in ended)), "closes": dict(Counter(str(e["close"]) for e in ended)),
+                            "ends": _tally(ended, "end"), "closes": _tally(ended, "close"),
                             "processes_left": left},
         }
     finally:
