@@ -33,7 +33,6 @@ from server import SPEECH, JupyterServer, bench_latency, fan_round  # noqa: E402
 sys.path.insert(0, str(REPO / "deploy" / "jupyterhub"))
 from localhub import LocalHub  # noqa: E402
 
-SHORT = REPO / "tests" / "fixtures" / "short.wav"
 USERS = ["u1", "u2", "u3", "u4"]
 SESSIONS_PER_USER = 2
 ONLY_OURS = (
