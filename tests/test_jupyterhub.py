@@ -363,7 +363,7 @@ async def test_idle_culler_spares_captioning_servers(hub, tmp_path):
     client = await Client.open(hub, hub.tokens["alice"], hub.prefix("alice"), alice_sid)
     culler = streaming = None
     try:
-        streaming = asyncio.create_task(client.send(speech_for(CULL_TIMEOUT * 8))  # cancelled once the test has seen enough)
+        streaming = asyncio.create_task(client.send(speech_for(CULL_TIMEOUT * 8)))  # cancelled once seen enough
         # the hub knows alice is active before the culler first looks
         t0 = datetime.now().astimezone()
         deadline = time.monotonic() + 30
