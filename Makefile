@@ -13,7 +13,14 @@ $(STAMP): pyproject.toml jupyter_server_ext/labextension/package.json
 	$(PY) -m pip install --quiet -e '.[test,lab]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The hub's proxy for the JupyterHub tests and benchmarks: pinned by the committed lockfile,
+# installed into deploy/jupyterhub/node_modules (never globally).
+CHP := deploy/jupyterhub/node_modules/.bin/configurable-http-proxy
+$(CHP): deploy/jupyterhub/package-lock.json
+	cd deploy/jupyterhub && npm ci --no-audit --no-fund --loglevel=error
+	touch $(CHP)
+
+install: $(STAMP) $(CHP)
 
 # JupyterLab with the loquilex extension on, opening the quickstart notebook.
 # As root (CI, containers) Jupyter needs --allow-root. Override PORT/IP as needed.

@@ -448,6 +448,10 @@ def render_text(r: dict) -> str:
     out.append("4. Create/stop cycles\n" + (_table_text(CYCLES_HEAD, cycles_rows(c)) + f"\nRSS (MiB) every {c['curve_every']} cycles: {c['rss_curve_mib']}" if _ok(c) else _failed(c)))
     fa = r.get("faults")
     out.append("5. Fault matrix\n" + (_table_text(FAULT_HEAD, fault_rows(fa)) if _ok(fa) else _failed(fa)))
+    if r.get("hub") is not None:  # bench/hub.py
+        from hub import hub_markdown
+
+        out.append(hub_markdown(r["hub"], _table_text))
     out.append("Server processes: " + _shutdowns(r))
     return "\n\n".join(out)
 
@@ -701,6 +705,10 @@ def render_markdown(r: dict) -> str:
     else:
         parts.append(_failed(fa))
     parts += labext_section(r)
+    if r.get("hub") is not None:  # bench/hub.py
+        from hub import hub_markdown
+
+        parts.append(hub_markdown(r["hub"], _table_md))
     parts.append("## Server processes")
     parts.append("Every jupyter server the bench started, with its start time and how it stopped: " + _shutdowns(r))
     return "\n\n".join(p for p in parts if p) + "\n"

@@ -34,6 +34,7 @@ from asr import bench_asr  # noqa: E402
 from abuse import bench_abuse  # noqa: E402
 from faults import bench_faults  # noqa: E402
 from live import run as live_run  # noqa: E402
+from hub import hub_section  # noqa: E402
 from measure import REPO, machine  # noqa: E402
 from longaudio import make_long  # noqa: E402
 from report import render_markdown, render_text, update_readme  # noqa: E402
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (make bench-quick, tests/test_bench_quick.py)")
     parser.add_argument("--out", type=Path, default=None, help="write results.json, BENCHMARKS.md and img/ here, and nothing anywhere else")
     parser.add_argument("--no-docs", action="store_true", help="full run: do not publish into docs/")
+    parser.add_argument("--hub", action="store_true", help="quick run: include the JupyterHub section (a full run always does)")
     args = parser.parse_args(argv)
 
     mode = "quick" if args.quick else "full"
@@ -211,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # one failed part must not lose the rest of the bench
             results["live"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
         timings["live"] = round(time.monotonic() - t, 1)
+        if not args.quick or args.hub:  # before the server sections: the cycles then fit what is left
+            log("7. JupyterHub: proxy vs direct, 4 users x 2 sessions, hub stops")
+            results["hub"] = asyncio.run(hub_section(tmp, args.quick, log))
+            timings["hub"] = results["hub"]["elapsed_s"]
         asyncio.run(server_sections(mode, cfg, tmp, results, timings, deadline, out / "logs"))
         if mode == "full":  # a browser run costs ~1 min: not in bench-quick
             log("6. JupyterLab extension: the browser microphone")

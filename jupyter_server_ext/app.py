@@ -10,7 +10,9 @@ from traitlets import Bool, Float, Int, Unicode, default
 
 from loquilex_nb.supervisor import Supervisor
 
+from .activity import ActivityReporter
 from .handlers import handlers
+from .hubsignals import route_sigint_to_stop
 from .hub import Limits
 from .lease import BrowserLeases, lease_handlers
 from .manager import SessionManager
@@ -35,6 +37,8 @@ class LoquilexApp(ExtensionApp):
     sweep_interval = Float(2.0, help="Seconds between checks for sessions whose kernel died or was culled.").tag(config=True)
     stop_timeout = Float(20.0, help="Upper bound on stop_extension.").tag(config=True)
     stop_on_kernel_restart = Bool(True, help="Stop a kernel's sessions when it restarts.").tag(config=True)
+    idle_sessions_keep_alive = Bool(False, help="Count an open session that hears nothing as server activity, so idle culling (jupyterhub-idle-culler, shutdown_no_activity_timeout) spares the server; sessions producing events always count.").tag(config=True)
+    activity_interval = Float(5.0, help="Seconds between updates of the server's last_activity from running sessions.").tag(config=True)
 
     # -- limits against hostile or careless clients (issue 9) --
     hello_timeout = Float(10.0, help="A WebSocket that sends no hello within this many seconds is closed (1008).").tag(config=True)
@@ -91,10 +95,19 @@ class LoquilexApp(ExtensionApp):
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
         self.manager.start()
+        route_sigint_to_stop(serverapp, self.log)  # after jupyter_server's init_signal
+        self.activity = ActivityReporter(self.manager.supervisor, serverapp.web_app.settings, interval=self.activity_interval, idle_keeps_alive=self.idle_sessions_keep_alive)
+        self.activity.start()
+
+    def current_activity(self):
+        activity = getattr(self, "activity", None)
+        return activity.current() if activity is not None else None
 
     async def stop_extension(self) -> None:
         """Stop every session and close every socket, bounded in time; never raises."""
         try:
+            if getattr(self, "activity", None) is not None:
+                await self.activity.aclose()
             await self.leases.aclose()
             await asyncio.wait_for(self.manager.shutdown(self.stop_timeout), self.stop_timeout)
         except BaseException as exc:  # an exception here can keep the server from exiting
