@@ -46,6 +46,8 @@ MAX_INCOMING = 64 * 1024 * 1024  # a gap snapshot carries many finals, each with
 # close codes after which resuming cannot help (docs/PROTOCOL.md, "Close codes")
 FINAL_CLOSE = {1000: "session ended", 1008: "policy violation", 1009: "message too big", 4004: "unknown session"}
 FIELDS = ("segment_id", "text", "t0", "t1", "words")
+KERNEL_FILE = "_kernel_file"  # prepared, never sent: a file this kernel streams itself
+FILE_CHUNK = 0.5  # seconds of audio per frame when a kernel streams a file
 OUTPUT_NAMES = {"partial": "partial.txt", "final": "final.txt", "vtt": "captions.vtt", "srt": "captions.srt"}
 
 
@@ -80,6 +82,22 @@ def f32le_to_s16le(data: bytes) -> bytes:
     return np.rint(x * 32767.0).astype("<i2").tobytes()
 
 
+def _readable_audio(raw: str) -> str:
+    """The absolute path of an audio file this process can open; ValueError before any process starts."""
+    from .api import describe_source
+    from .audio import AudioError, iter_file_chunks
+
+    path = describe_source(raw, True)["path"]
+    chunks = iter_file_chunks(path, FILE_CHUNK)
+    try:
+        next(chunks, None)  # opens it and decodes its first frames
+    except AudioError as exc:
+        raise ValueError(str(exc)) from None
+    finally:
+        chunks.close()
+    return path
+
+
 def _payload(env: dict[str, Any]) -> dict[str, Any]:
     body = env.get("data")
     return body if isinstance(body, dict) else env
@@ -112,6 +130,10 @@ class RemoteBackend:
             if key in opts:
                 raise ValueError(f"{key!r} cannot be set in server mode: the server decides it")
         body: dict[str, Any] = {"source": self._describe(source, realtime)}
+        if body["source"]["kind"] == "kernel-file":
+            # the server may not reach it: this kernel decodes it and streams it as push audio
+            body[KERNEL_FILE] = body.pop("source")
+            body["source"] = {"kind": "push"}
         out = opts.pop("out", None)
         if out is not None:
             body["out"] = os.fspath(out)
@@ -135,16 +157,18 @@ class RemoteBackend:
             raw = os.fspath(source)
             if not isinstance(raw, str):
                 raise ValueError(f"audio file path {raw!r} must be str, not bytes")
-            return {"kind": "file", "path": self._server_path(raw), "realtime": realtime}
+            server_path = self._server_path(raw)
+            if server_path is None:
+                return {"kind": "kernel-file", "path": _readable_audio(raw), "realtime": realtime}
+            return {"kind": "file", "path": server_path, "realtime": realtime}
         raise ValueError(f"source must be a file path, lx.PushSource() or lx.MicSource(), got {type(source).__name__}")
 
-    def _server_path(self, raw: str) -> str:
-        """A path relative to the server's root_dir; relative input means the kernel's cwd."""
+    def _server_path(self, raw: str) -> str | None:
+        """A path relative to the server's root_dir (relative input means the kernel's cwd);
+        None for a file outside it, which the server must not read."""
         path = Path(raw).expanduser()
         if self.root_dir is None:
-            if path.is_absolute():
-                raise ValueError(f"audio file {raw!r} is absolute but the server's root_dir is unknown; pass a path relative to it, or connect(url, root_dir=...)")
-            return path.as_posix()
+            return None if path.is_absolute() else path.as_posix()
         full = path if path.is_absolute() else Path.cwd() / path
         # lexical first (keeps the user's spelling), then resolved (root_dir behind a symlink)
         for p, root in ((Path(os.path.abspath(full)), Path(os.path.abspath(self.root_dir))), (full.resolve(), self.root_dir.resolve())):
@@ -155,7 +179,7 @@ class RemoteBackend:
             if not rel.parts:
                 raise ValueError(f"audio source {raw!r} is the server's root_dir, not a file")
             return rel.as_posix()
-        raise ValueError(f"audio file {raw!r} is outside the server's root_dir {str(self.root_dir)!r}")
+        return None
 
     # -- REST (private loop only) ------------------------------------------------------
     def headers(self, json_body: bool = False) -> dict[str, str]:
@@ -205,10 +229,13 @@ class RemoteBackend:
         raise RuntimeError(f"the loquilex server failed on {method} {path} ({resp.code}): {message}")
 
     async def create(self, prepared: dict[str, Any], sid: str) -> "RemoteSessionCore":
-        info = await self.request("POST", "sessions", prepared)
+        body = {k: v for k, v in prepared.items() if k != KERNEL_FILE}
+        info = await self.request("POST", "sessions", body)
         core = RemoteSessionCore(self, info, prepared.get("formats") or FORMATS)
         try:
             await core.open()
+            if KERNEL_FILE in prepared:
+                core.feed_file(prepared[KERNEL_FILE]["path"], prepared[KERNEL_FILE]["realtime"])
         except BaseException as exc:
             # the server already runs it: without a socket it must still be stopped
             core._lose(f"event socket failed: {exc!r}")
@@ -253,6 +280,7 @@ class RemoteSessionCore:
         self._hb: asyncio.Task | None = None
         self._stopper: asyncio.Task | None = None
         self._closer: asyncio.Task | None = None
+        self._feeder: asyncio.Task | None = None
 
     # -- state the handle reads --------------------------------------------------------
     @property
@@ -578,6 +606,37 @@ class RemoteSessionCore:
     async def finalize(self) -> None:
         await self._send(json.dumps({"type": "finalize"}))
 
+    def feed_file(self, path: str, realtime: bool) -> None:
+        """Stream a file this kernel reads (the server may not) as push audio, then stop."""
+        self._feeder = asyncio.create_task(self._feed_file(path, realtime), name=f"loquilex-remote-file-{self.id}")
+
+    async def _feed_file(self, path: str, realtime: bool) -> None:
+        from .audio import iter_file_chunks
+
+        loop = asyncio.get_running_loop()
+        start, sent = loop.time(), 0.0
+        # realtime: 0.1 s frames at the speed of speech; else as fast as the server accepts
+        # them (each send waits until tornado has flushed the frame to the socket)
+        chunk_s = 0.1 if realtime else FILE_CHUNK
+        chunks = iter_file_chunks(path, chunk_s)
+        try:
+            for chunk in chunks:  # each step decodes a few ms of audio on this loop
+                await self.feed(np.asarray(chunk, dtype="<f4").tobytes(), "f32le")
+                sent += len(chunk) / 16000
+                if realtime:
+                    await self._wait_until(lambda: self._closing, start + sent - loop.time())
+                if self._closing or self._done.is_set():
+                    return
+            # like the end of a file on the server: everything fed is decoded, then eos
+            await self._send(json.dumps({"type": "stop"}))
+        except SessionEnded:
+            pass
+        except Exception as exc:
+            log.warning("session %s: streaming %s stopped: %r", self.id, path, exc)
+            await self._send(json.dumps({"type": "stop"}))
+        finally:
+            chunks.close()
+
     async def wait(self, timeout: float | None = None) -> EndReason | None:
         return self.end if await self._wait_until(self._done.is_set, timeout) else None
 
@@ -593,6 +652,9 @@ class RemoteSessionCore:
         return self.end
 
     async def _stop_once(self) -> None:
+        if self._feeder is not None and not self._feeder.done():
+            self._feeder.cancel()
+            await asyncio.gather(self._feeder, return_exceptions=True)
         if self._done.is_set() and not self._lost:
             return
         if not self._done.is_set():
@@ -635,7 +697,7 @@ class RemoteSessionCore:
         self._closing = True
         self._notify()
         conn, self._conn = self._conn, None
-        tasks = [t for t in (self._reader, self._hb, self._stopper) if t is not None]
+        tasks = [t for t in (self._reader, self._hb, self._stopper, self._feeder) if t is not None]
         if conn is not None:
             proto = conn.protocol
             conn.close(1000, "client closed")  # the reader returns once the server answers
