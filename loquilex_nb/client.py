@@ -15,7 +15,7 @@ import os
 import threading
 import uuid
 from collections import deque
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -195,9 +195,9 @@ class RemoteBackend:
             h["X-XSRFToken"] = xsrf
         return h
 
-    async def request(self, method: str, path: str, body: Any = None, timeout: float = REQUEST_TIMEOUT) -> Any:
+    async def request(self, method: str, path: str, body: Any = None, timeout: float = REQUEST_TIMEOUT, *, prefix: str = "loquilex/api/") -> Any:
         req = HTTPRequest(
-            self.url + "loquilex/api/" + path, method=method, headers=self.headers(body is not None),
+            self.url + prefix + path, method=method, headers=self.headers(body is not None),
             body=None if body is None else json.dumps(body), connect_timeout=min(timeout, CONNECT_TIMEOUT),
             request_timeout=timeout,
         )
@@ -227,6 +227,14 @@ class RemoteBackend:
         if resp.code < 500:
             raise ValueError(message)
         raise RuntimeError(f"the loquilex server failed on {method} {path} ({resp.code}): {message}")
+
+    async def notebook_names(self, timeout: float = REQUEST_TIMEOUT) -> dict[str, str]:
+        """kernel id -> the name of the notebook (or console) using it, from Jupyter's own /api/sessions."""
+        sessions = await self.request("GET", "sessions", timeout=timeout, prefix="api/")
+        return {
+            s["kernel"]["id"]: s.get("name") or PurePosixPath(s.get("path") or "").name or s["kernel"]["id"]
+            for s in sessions or () if isinstance(s, dict) and isinstance(s.get("kernel"), dict)
+        }
 
     async def create(self, prepared: dict[str, Any], sid: str) -> "RemoteSessionCore":
         body = {k: v for k, v in prepared.items() if k != KERNEL_FILE}
