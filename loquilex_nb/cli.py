@@ -45,9 +45,15 @@ def _progress_bar(duration: float | None) -> _Bar:
                 bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, like every other error of ours
+        print(f"error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loquilex-nb", description="Live captions from audio files.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _Parser(prog="loquilex-nb", description="Live captions from audio files.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     tr = sub.add_parser("transcribe", help="caption an audio file")
     tr.add_argument("file", help="audio file (anything PyAV/FFmpeg reads)")
     tr.add_argument("--out", metavar="DIR", help="directory for the caption files (default: a new one under ./loquilex-captions)")
@@ -59,14 +65,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit codes: 0 clean, 1 the session failed, 2 bad input, 130 Ctrl-C; errors are one `error:` line."""
     try:
         args = _parser().parse_args(argv)
-    except SystemExit as exc:  # argparse has printed usage/help already
+    except SystemExit as exc:  # argparse printed the help, or our one-line error
         return exc.code if isinstance(exc.code, int) else 2
     if args.command == "sample-path":
         print(SAMPLE)
         return 0
-    return transcribe(args)
+    try:
+        return transcribe(args)
+    except Exception as exc:  # anything unforeseen is still one line, not a traceback
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename!r}"
+    return text or type(exc).__name__
 
 
 def transcribe(args: argparse.Namespace) -> int:
@@ -81,8 +99,8 @@ def transcribe(args: argparse.Namespace) -> int:
         options["model"] = args.model
     try:
         session = api.session(args.file, **options)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:  # bad options, or --out naming a file
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
     bar = _progress_bar(audio_duration(args.file))

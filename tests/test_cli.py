@@ -52,10 +52,49 @@ def test_sample_path(capsys: pytest.CaptureFixture[str]) -> None:
     assert printed == SAMPLE and printed.is_file()
 
 
-def test_usage_errors_return_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([]) == 2
-    assert main(["transcribe"]) == 2
-    assert "usage:" in capsys.readouterr().err
+def one_error_line(err: str) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv", [[], ["transcribe"], ["frobnicate"], ["transcribe", "a.wav", "--nope"],
+                                  ["transcribe", "a.wav", "--out"]])
+def test_usage_errors_are_one_line_and_return_2(argv, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert "--help" in one_error_line(capsys.readouterr().err)
+
+
+def test_out_naming_an_existing_file_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "taken").write_text("mine")
+    assert main(["transcribe", str(FIXTURES / "short.wav"), "--out", str(tmp_path / "taken")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "taken" in line
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_an_unforeseen_failure_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    from loquilex_nb import api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the supervisor\nis gone")
+
+    monkeypatch.setattr(api, "session", broken)
+    assert main(["transcribe", str(FIXTURES / "short.wav")]) == 1
+    assert one_error_line(capsys.readouterr().err) == "error: the supervisor is gone"
+
+
+def test_caption_files_follow_the_umask(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        assert main(["transcribe", str(FIXTURES / "short.wav"), "--out", str(tmp_path / "x")]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "x").iterdir()}
+    assert modes and set(modes.values()) == {0o640}, modes
 
 
 def test_audio_duration() -> None:
