@@ -6,8 +6,9 @@ import asyncio
 import os
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Int, Unicode, default
+from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
 
+from loquilex_nb.runtime import check_max_sessions
 from loquilex_nb.supervisor import Supervisor
 
 from .handlers import handlers
@@ -34,6 +35,13 @@ class LoquilexApp(ExtensionApp):
     sweep_interval = Float(2.0, help="Seconds between checks for sessions whose kernel died or was culled.").tag(config=True)
     stop_timeout = Float(20.0, help="Upper bound on stop_extension.").tag(config=True)
     stop_on_kernel_restart = Bool(True, help="Stop a kernel's sessions when it restarts.").tag(config=True)
+
+    @validate("max_sessions")
+    def _check_max_sessions(self, proposal):
+        try:  # the rule of lx.configure(max_sessions=...) in embedded mode
+            return check_max_sessions(proposal["value"], "LoquilexApp.max_sessions")
+        except ValueError as exc:
+            raise TraitError(str(exc)) from None
 
     @default("output_root")
     def _default_output_root(self) -> str:
