@@ -100,3 +100,44 @@ def test_caption_files_follow_the_umask(tmp_path: Path, capsys: pytest.CaptureFi
 def test_audio_duration() -> None:
     assert audio_duration(str(FIXTURES / "short.wav")) == pytest.approx(3.49, abs=0.02)
     assert audio_duration(str(FIXTURES / "corrupt.wav")) is None
+
+
+@pytest.mark.leak_settle(15)
+def test_lab_prints_its_url_with_the_token_last(tmp_path: Path) -> None:
+    """`make run` = `loquilex-nb lab`: once the server answers, its URL (with token) is framed last."""
+    import os
+    import re
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "nb.ipynb").write_text("{}")
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "JUPYTER_TOKEN")}
+    for d in ("runtime", "config", "data"):
+        (tmp_path / d).mkdir()
+    env.update(JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), JUPYTER_CONFIG_DIR=str(tmp_path / "config"))
+    proc = subprocess.Popen([sys.executable, "-m", "loquilex_nb.cli", "lab", f"--port={port}", f"--root={tmp_path}", "--open=nb.ipynb"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        ours = re.compile(rf"  http://127\.0\.0\.1:{port}/lab/tree/nb\.ipynb\?token=[0-9a-f]{{48}}\n")
+        lines: list[str] = []
+        deadline = time.monotonic() + 120
+        while not any(ours.fullmatch(line) for line in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)[-3000:]
+            lines.append(proc.stderr.readline())
+        lines += [proc.stderr.readline() for _ in range(4)]
+        url = next(line.strip() for line in lines if ours.fullmatch(line))
+        assert "ready" in lines[-7] and "Ctrl-C" in lines[-3] and set(lines[-2].strip()) == {"="}, lines[-8:]
+        token = url.split("token=")[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        proc.stderr.close()
