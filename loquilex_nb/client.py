@@ -48,6 +48,9 @@ FINAL_CLOSE = {1000: "session ended", 1008: "policy violation", 1009: "message t
 FIELDS = ("segment_id", "text", "t0", "t1", "words")
 KERNEL_FILE = "_kernel_file"  # prepared, never sent: a file this kernel streams itself
 FILE_CHUNK = 0.5  # seconds of audio per frame when a kernel streams a file
+FEED_AHEAD = 8.0  # seconds of audio it may send beyond what the worker has reported (realtime=False)
+FEED_QUIET = 2.0  # seconds without a new event after which it sends more anyway (silence says nothing)
+FEED_TAIL = 1.5  # before the final stop: the worker has reported all but this much of the audio
 OUTPUT_NAMES = {"partial": "partial.txt", "final": "final.txt", "vtt": "captions.vtt", "srt": "captions.srt"}
 
 
@@ -289,6 +292,7 @@ class RemoteSessionCore:
         self._stopper: asyncio.Task | None = None
         self._closer: asyncio.Task | None = None
         self._feeder: asyncio.Task | None = None
+        self._heard = 0.0  # the furthest audio position (s) an event has covered
 
     # -- state the handle reads --------------------------------------------------------
     @property
@@ -359,6 +363,8 @@ class RemoteSessionCore:
             return  # a replay of what we already hold
         self._last_seq = ev.seq
         self._log.append(ev)
+        if ev.t1 is not None:
+            self._heard = max(self._heard, ev.t1)
         data = ev.data or {}
         if ev.type == "asr.final":
             self.finals.append(ev)
@@ -633,9 +639,14 @@ class RemoteSessionCore:
                 sent += len(chunk) / 16000
                 if realtime:
                     await self._wait_until(lambda: self._closing, start + sent - loop.time())
+                else:
+                    await self._catch_up(sent - FEED_AHEAD)
                 if self._closing or self._done.is_set():
                     return
-            # like the end of a file on the server: everything fed is decoded, then eos
+            # like the end of a file on the server: everything fed is decoded, then eos. The
+            # stop must find the worker caught up, or the server's stop grace could run out
+            await self._send(json.dumps({"type": "finalize"}))
+            await self._catch_up(sent - FEED_TAIL)
             await self._send(json.dumps({"type": "stop"}))
         except SessionEnded:
             pass
@@ -658,6 +669,14 @@ class RemoteSessionCore:
         await asyncio.shield(self._stopper)
         assert self.end is not None
         return self.end
+
+    async def _catch_up(self, position: float) -> None:
+        """Wait until the worker has reported audio up to `position` s, or went quiet (silence)."""
+        while self._heard < position and not (self._closing or self._done.is_set()):
+            heard = self._heard
+            await self._wait_until(lambda: self._heard > heard or self._closing or self._done.is_set(), FEED_QUIET)
+            if self._heard == heard:
+                return  # nothing new: a stretch of silence gives no events, feed on
 
     async def _stop_once(self) -> None:
         if self._feeder is not None and not self._feeder.done():
