@@ -51,6 +51,7 @@ FILE_CHUNK = 0.5  # seconds of audio per frame when a kernel streams a file
 FEED_AHEAD = 8.0  # seconds of audio it may send beyond what the worker has reported (realtime=False)
 FEED_QUIET = 2.0  # seconds without a new event after which it sends more anyway (silence says nothing)
 FEED_TAIL = 1.5  # before the final stop: the worker has reported all but this much of the audio
+FEED_END_QUIET = 6.0  # ... or said nothing for this long (a decode under load takes seconds)
 OUTPUT_NAMES = {"partial": "partial.txt", "final": "final.txt", "vtt": "captions.vtt", "srt": "captions.srt"}
 
 
@@ -646,7 +647,7 @@ class RemoteSessionCore:
             # like the end of a file on the server: everything fed is decoded, then eos. The
             # stop must find the worker caught up, or the server's stop grace could run out
             await self._send(json.dumps({"type": "finalize"}))
-            await self._catch_up(sent - FEED_TAIL)
+            await self._catch_up(sent - FEED_TAIL, quiet=FEED_END_QUIET)
             await self._send(json.dumps({"type": "stop"}))
         except SessionEnded:
             pass
@@ -670,11 +671,11 @@ class RemoteSessionCore:
         assert self.end is not None
         return self.end
 
-    async def _catch_up(self, position: float) -> None:
+    async def _catch_up(self, position: float, quiet: float = FEED_QUIET) -> None:
         """Wait until the worker has reported audio up to `position` s, or went quiet (silence)."""
         while self._heard < position and not (self._closing or self._done.is_set()):
             heard = self._heard
-            await self._wait_until(lambda: self._heard > heard or self._closing or self._done.is_set(), FEED_QUIET)
+            await self._wait_until(lambda: self._heard > heard or self._closing or self._done.is_set(), quiet)
             if self._heard == heard:
                 return  # nothing new: a stretch of silence gives no events, feed on
 

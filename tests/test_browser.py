@@ -44,7 +44,10 @@ ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 # all cells in the DOM, so the last cell's output area can be found without scrolling
-SETTINGS = {"@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"}}
+SETTINGS = {
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false"},
+}
 LAST_RENDERING = {  # what a closed widget must leave behind, by notebook
     "02-resource-monitor.ipynb": "table.loquilex-mon",
     "05-push-audio.ipynb": ".loquilex-finals",
@@ -152,7 +155,7 @@ STATE = """async (name) => {
         const c = panel.content.model.cells.get(i);
         if (c.type === 'code') cells.push({index: i, count: c.executionCount, outputs: c.outputs.toJSON()});
     }
-    return {status: kernel ? kernel.status : null, kernel: kernel ? kernel.id : null, cells};
+    return {status: kernel ? kernel.status : null, kernel: kernel ? kernel.id : null, panel: panel.id, cells};
 }""" % PANEL
 
 
@@ -172,8 +175,8 @@ def errors_in(state: dict) -> list[str]:
 
 def run_all(page, lab: Lab, name: str) -> dict:
     """Open `name`, Run All, wait for its last code cell's output and an idle kernel."""
-    page.goto(f"{lab.url}/lab/tree/{name}?token={lab.token}")
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    # ?reset: a fresh workspace, so no tab of an earlier notebook is restored next to this one
+    page.goto(f"{lab.url}/lab/tree/{name}?reset&token={lab.token}")
     deadline = time.monotonic() + 90
     while True:
         dismiss_dialogs(page)
@@ -185,8 +188,8 @@ def run_all(page, lab: Lab, name: str) -> dict:
     page.click("div.lm-MenuBar-itemLabel:text-is('Run')")
     page.click("li.lm-Menu-item:has-text('Run All Cells')")
     last = state["cells"][-1]["index"]
-    # the output area of the last code cell: its source is not part of this selector
-    last_output = page.locator(".jp-Notebook .jp-Cell").nth(last).locator(".jp-OutputArea-output")
+    # the output area of the last code cell of this notebook: its source is not part of this selector
+    last_output = page.locator(f"#{state['panel']} .jp-Notebook .jp-Cell").nth(last).locator(".jp-OutputArea-output")
     deadline = time.monotonic() + NOTEBOOK_TIMEOUT
     while True:
         dismiss_dialogs(page)

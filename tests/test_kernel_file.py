@@ -68,5 +68,6 @@ async def test_closing_early_stops_the_stream(server, tmp_path):
             if ev.type in ("asr.partial", "asr.final"):
                 break  # well before the end of the 20 s file
         feeder = s._core._feeder
-    assert s.end is not None and s.end.kind == "clean" and feeder.done()
+    # (how it ends is the server's stop ladder: with this test's 1 s grace, maybe by SIGTERM)
+    assert s.end is not None and feeder.done()
     assert s.finals[-1].t1 < 15.0, "the whole file was not streamed"
