@@ -1,7 +1,8 @@
 """Notebook widgets: a live resource monitor and a live caption view (ipywidgets, no custom JS).
 
 Both widgets run at most one updater thread of their own (non-daemon, named), woken by a
-`threading.Event` to stop; `close()` stops and joins it, and so does interpreter exit (a
+`threading.Event` to stop; `close()` stops and joins it and leaves the last rendering in the
+notebook (`remove()` also closes the widgets), and interpreter exit stops it too (a
 `threading._register_atexit` hook that runs before Python joins non-daemon threads, so a
 kernel with a widget left open still shuts down). The hook holds the open widgets in a
 WeakSet only; nothing happens in `__del__`. Values are set on `ipywidgets.HTML` traits from
