@@ -653,7 +653,7 @@ class RemoteSessionCore:
             pass
         except Exception as exc:
             log.warning("session %s: streaming %s stopped: %r", self.id, path, exc)
-            await self._send(json.dumps({"type": "stop"}))
+            await self._try_send({"type": "stop"})  # what was fed still ends with finals and eos
         finally:
             chunks.close()
 
