@@ -22,23 +22,24 @@ $(CHP): deploy/jupyterhub/package-lock.json
 
 install: $(STAMP) $(CHP)
 
-# JupyterLab with the loquilex extension on, opening the quickstart notebook.
-# As root (CI, containers) Jupyter needs --allow-root. Override PORT/IP as needed.
+# JupyterLab with the loquilex extension on, at the quickstart notebook. Once it answers, the
+# URL with its token is printed last, framed (and opened where there is a screen).
+# `loquilex-nb lab` adds --allow-root when run as root (CI, containers). Override PORT/IP as needed.
 PORT ?= 8888
 IP ?= 127.0.0.1
 run: install
-	$(VENV)/bin/jupyter lab --allow-root --no-browser --ip=$(IP) --port=$(PORT) \
-		--ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks/01-quickstart.ipynb
+	$(VENV)/bin/loquilex-nb lab --ip=$(IP) --port=$(PORT) --root=$(CURDIR) --open=notebooks/01-quickstart.ipynb
 
 # The command-line path, without Jupyter: caption the bundled sample.
 run-cli: install
 	$(VENV)/bin/loquilex-nb transcribe $(SAMPLE) --out captions-out/sample
 
 # The browser test drives Debian's chromium with Playwright (never a downloaded browser).
+# In CI (CI set) a missing chromium fails the browser test instead of skipping it.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "chromium is missing and we are not root: the browser test will be skipped"; fi; }
+	  else echo "chromium is missing and we are not root: the browser test will be skipped (a failure in CI)"; fi; }
 
 test: install browser labext-check
 	HF_HUB_OFFLINE=1 $(PY) -m pytest

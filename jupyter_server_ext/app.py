@@ -6,8 +6,9 @@ import asyncio
 import os
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Int, Unicode, default
+from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
 
+from loquilex_nb.runtime import check_max_sessions
 from loquilex_nb.supervisor import Supervisor
 
 from .activity import ActivityReporter
@@ -49,6 +50,13 @@ class LoquilexApp(ExtensionApp):
     max_total_bytes_in_flight = Int(64 << 20, help="The same bound over all sessions of this server.").tag(config=True)
     # the JupyterLab extension's microphone sessions (jupyter_server_ext/lease.py)
     browser_lease = Float(10.0, help="A browser session no client was heard from for this many seconds is stopped.").tag(config=True)
+
+    @validate("max_sessions")
+    def _check_max_sessions(self, proposal):
+        try:  # the rule of lx.configure(max_sessions=...) in embedded mode
+            return check_max_sessions(proposal["value"], "LoquilexApp.max_sessions")
+        except ValueError as exc:
+            raise TraitError(str(exc)) from None
 
     @default("output_root")
     def _default_output_root(self) -> str:

@@ -15,6 +15,13 @@ def connect(url, token=None, **kwargs):
     return _connect(url, token, **kwargs)
 
 
+def configure(**settings):
+    """Settings of embedded mode; returns them all. `max_sessions`: sessions this process may
+    run at once (default 4, or $LOQUILEX_MAX_SESSIONS; None: back to that), a whole number >= 1."""
+    from .runtime import RUNTIME
+
+    return RUNTIME.configure(**settings)
+
 
 def load_ipython_extension(ipython):
     """`%load_ext loquilex_nb`: the `%lx` line magic (sessions, stop, resources, monitor)."""
@@ -39,6 +46,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "EMBEDDED", "AsyncSession", "EndReason", "connect", "Event", "LeakError", "MicSource", "PushSource", "Session",
+    "EMBEDDED", "AsyncSession", "EndReason", "configure", "connect", "Event", "LeakError", "MicSource", "PushSource", "Session",
     "SessionLimitError", "Supervisor", "leakcheck", "load_ipython_extension", "resources", "session", "sessions", "stop_all",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
+import secrets
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` so readers see either old or new content."""
     path = Path(path)
     # Same directory as the target: os.replace is only atomic within a filesystem.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
@@ -48,6 +48,19 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new hidden file beside ``path``, mode 0666 less the umask like any file a user makes
+    (mkstemp's 0600 would hide captions from the user's group)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {str(path)!r}")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -15,7 +15,7 @@ import os
 import threading
 import uuid
 from collections import deque
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -46,6 +46,12 @@ MAX_INCOMING = 64 * 1024 * 1024  # a gap snapshot carries many finals, each with
 # close codes after which resuming cannot help (docs/PROTOCOL.md, "Close codes")
 FINAL_CLOSE = {1000: "session ended", 1008: "policy violation", 1009: "message too big", 4004: "unknown session"}
 FIELDS = ("segment_id", "text", "t0", "t1", "words")
+KERNEL_FILE = "_kernel_file"  # prepared, never sent: a file this kernel streams itself
+FILE_CHUNK = 0.5  # seconds of audio per frame when a kernel streams a file
+FEED_AHEAD = 8.0  # seconds of audio it may send beyond what the worker has reported (realtime=False)
+FEED_QUIET = 2.0  # seconds without a new event after which it sends more anyway (silence says nothing)
+FEED_TAIL = 1.5  # before the final stop: the worker has reported all but this much of the audio
+FEED_END_QUIET = 6.0  # ... or said nothing for this long (a decode under load takes seconds)
 OUTPUT_NAMES = {"partial": "partial.txt", "final": "final.txt", "vtt": "captions.vtt", "srt": "captions.srt"}
 
 
@@ -80,6 +86,22 @@ def f32le_to_s16le(data: bytes) -> bytes:
     return np.rint(x * 32767.0).astype("<i2").tobytes()
 
 
+def _readable_audio(raw: str) -> str:
+    """The absolute path of an audio file this process can open; ValueError before any process starts."""
+    from .api import describe_source
+    from .audio import AudioError, iter_file_chunks
+
+    path = describe_source(raw, True)["path"]
+    chunks = iter_file_chunks(path, FILE_CHUNK)
+    try:
+        next(chunks, None)  # opens it and decodes its first frames
+    except AudioError as exc:
+        raise ValueError(str(exc)) from None
+    finally:
+        chunks.close()
+    return path
+
+
 def _payload(env: dict[str, Any]) -> dict[str, Any]:
     body = env.get("data")
     return body if isinstance(body, dict) else env
@@ -112,6 +134,10 @@ class RemoteBackend:
             if key in opts:
                 raise ValueError(f"{key!r} cannot be set in server mode: the server decides it")
         body: dict[str, Any] = {"source": self._describe(source, realtime)}
+        if body["source"]["kind"] == "kernel-file":
+            # the server may not reach it: this kernel decodes it and streams it as push audio
+            body[KERNEL_FILE] = body.pop("source")
+            body["source"] = {"kind": "push"}
         out = opts.pop("out", None)
         if out is not None:
             body["out"] = os.fspath(out)
@@ -135,16 +161,18 @@ class RemoteBackend:
             raw = os.fspath(source)
             if not isinstance(raw, str):
                 raise ValueError(f"audio file path {raw!r} must be str, not bytes")
-            return {"kind": "file", "path": self._server_path(raw), "realtime": realtime}
+            server_path = self._server_path(raw)
+            if server_path is None:
+                return {"kind": "kernel-file", "path": _readable_audio(raw), "realtime": realtime}
+            return {"kind": "file", "path": server_path, "realtime": realtime}
         raise ValueError(f"source must be a file path, lx.PushSource() or lx.MicSource(), got {type(source).__name__}")
 
-    def _server_path(self, raw: str) -> str:
-        """A path relative to the server's root_dir; relative input means the kernel's cwd."""
+    def _server_path(self, raw: str) -> str | None:
+        """A path relative to the server's root_dir (relative input means the kernel's cwd);
+        None for a file outside it, which the server must not read."""
         path = Path(raw).expanduser()
         if self.root_dir is None:
-            if path.is_absolute():
-                raise ValueError(f"audio file {raw!r} is absolute but the server's root_dir is unknown; pass a path relative to it, or connect(url, root_dir=...)")
-            return path.as_posix()
+            return None if path.is_absolute() else path.as_posix()
         full = path if path.is_absolute() else Path.cwd() / path
         # lexical first (keeps the user's spelling), then resolved (root_dir behind a symlink)
         for p, root in ((Path(os.path.abspath(full)), Path(os.path.abspath(self.root_dir))), (full.resolve(), self.root_dir.resolve())):
@@ -155,7 +183,7 @@ class RemoteBackend:
             if not rel.parts:
                 raise ValueError(f"audio source {raw!r} is the server's root_dir, not a file")
             return rel.as_posix()
-        raise ValueError(f"audio file {raw!r} is outside the server's root_dir {str(self.root_dir)!r}")
+        return None
 
     # -- REST (private loop only) ------------------------------------------------------
     def headers(self, json_body: bool = False) -> dict[str, str]:
@@ -171,9 +199,9 @@ class RemoteBackend:
             h["X-XSRFToken"] = xsrf
         return h
 
-    async def request(self, method: str, path: str, body: Any = None, timeout: float = REQUEST_TIMEOUT) -> Any:
+    async def request(self, method: str, path: str, body: Any = None, timeout: float = REQUEST_TIMEOUT, *, prefix: str = "loquilex/api/") -> Any:
         req = HTTPRequest(
-            self.url + "loquilex/api/" + path, method=method, headers=self.headers(body is not None),
+            self.url + prefix + path, method=method, headers=self.headers(body is not None),
             body=None if body is None else json.dumps(body), connect_timeout=min(timeout, CONNECT_TIMEOUT),
             request_timeout=timeout,
         )
@@ -204,11 +232,22 @@ class RemoteBackend:
             raise ValueError(message)
         raise RuntimeError(f"the loquilex server failed on {method} {path} ({resp.code}): {message}")
 
+    async def notebook_names(self, timeout: float = REQUEST_TIMEOUT) -> dict[str, str]:
+        """kernel id -> the name of the notebook (or console) using it, from Jupyter's own /api/sessions."""
+        sessions = await self.request("GET", "sessions", timeout=timeout, prefix="api/")
+        return {
+            s["kernel"]["id"]: s.get("name") or PurePosixPath(s.get("path") or "").name or s["kernel"]["id"]
+            for s in sessions or () if isinstance(s, dict) and isinstance(s.get("kernel"), dict)
+        }
+
     async def create(self, prepared: dict[str, Any], sid: str) -> "RemoteSessionCore":
-        info = await self.request("POST", "sessions", prepared)
+        body = {k: v for k, v in prepared.items() if k != KERNEL_FILE}
+        info = await self.request("POST", "sessions", body)
         core = RemoteSessionCore(self, info, prepared.get("formats") or FORMATS)
         try:
             await core.open()
+            if KERNEL_FILE in prepared:
+                core.feed_file(prepared[KERNEL_FILE]["path"], prepared[KERNEL_FILE]["realtime"])
         except BaseException as exc:
             # the server already runs it: without a socket it must still be stopped
             core._lose(f"event socket failed: {exc!r}")
@@ -254,6 +293,8 @@ class RemoteSessionCore:
         self._hb: asyncio.Task | None = None
         self._stopper: asyncio.Task | None = None
         self._closer: asyncio.Task | None = None
+        self._feeder: asyncio.Task | None = None
+        self._heard = 0.0  # the furthest audio position (s) an event has covered
 
     # -- state the handle reads --------------------------------------------------------
     @property
@@ -324,6 +365,8 @@ class RemoteSessionCore:
             return  # a replay of what we already hold
         self._last_seq = ev.seq
         self._log.append(ev)
+        if ev.t1 is not None:
+            self._heard = max(self._heard, ev.t1)
         data = ev.data or {}
         if ev.type == "asr.final":
             self.finals.append(ev)
@@ -585,6 +628,42 @@ class RemoteSessionCore:
     async def finalize(self) -> None:
         await self._send(json.dumps({"type": "finalize"}))
 
+    def feed_file(self, path: str, realtime: bool) -> None:
+        """Stream a file this kernel reads (the server may not) as push audio, then stop."""
+        self._feeder = asyncio.create_task(self._feed_file(path, realtime), name=f"loquilex-remote-file-{self.id}")
+
+    async def _feed_file(self, path: str, realtime: bool) -> None:
+        from .audio import iter_file_chunks
+
+        loop = asyncio.get_running_loop()
+        start, sent = loop.time(), 0.0
+        # realtime: 0.1 s frames at the speed of speech; else as fast as the server accepts
+        # them (each send waits until tornado has flushed the frame to the socket)
+        chunk_s = 0.1 if realtime else FILE_CHUNK
+        chunks = iter_file_chunks(path, chunk_s)
+        try:
+            for chunk in chunks:  # each step decodes a few ms of audio on this loop
+                await self.feed(np.asarray(chunk, dtype="<f4").tobytes(), "f32le")
+                sent += len(chunk) / 16000
+                if realtime:
+                    await self._wait_until(lambda: self._closing, start + sent - loop.time())
+                else:
+                    await self._catch_up(sent - FEED_AHEAD)
+                if self._closing or self._done.is_set():
+                    return
+            # like the end of a file on the server: everything fed is decoded, then eos. The
+            # stop must find the worker caught up, or the server's stop grace could run out
+            await self._send(json.dumps({"type": "finalize"}))
+            await self._catch_up(sent - FEED_TAIL, quiet=FEED_END_QUIET)
+            await self._send(json.dumps({"type": "stop"}))
+        except SessionEnded:
+            pass
+        except Exception as exc:
+            log.warning("session %s: streaming %s stopped: %r", self.id, path, exc)
+            await self._try_send({"type": "stop"})  # what was fed still ends with finals and eos
+        finally:
+            chunks.close()
+
     async def wait(self, timeout: float | None = None) -> EndReason | None:
         return self.end if await self._wait_until(self._done.is_set, timeout) else None
 
@@ -599,7 +678,18 @@ class RemoteSessionCore:
         assert self.end is not None
         return self.end
 
+    async def _catch_up(self, position: float, quiet: float = FEED_QUIET) -> None:
+        """Wait until the worker has reported audio up to `position` s, or went quiet (silence)."""
+        while self._heard < position and not (self._closing or self._done.is_set()):
+            heard = self._heard
+            await self._wait_until(lambda: self._heard > heard or self._closing or self._done.is_set(), quiet)
+            if self._heard == heard:
+                return  # nothing new: a stretch of silence gives no events, feed on
+
     async def _stop_once(self) -> None:
+        if self._feeder is not None and not self._feeder.done():
+            self._feeder.cancel()
+            await asyncio.gather(self._feeder, return_exceptions=True)
         if self._done.is_set() and not self._lost:
             return
         if not self._done.is_set():
@@ -642,7 +732,7 @@ class RemoteSessionCore:
         self._closing = True
         self._notify()
         conn, self._conn = self._conn, None
-        tasks = [t for t in (self._reader, self._hb, self._stopper) if t is not None]
+        tasks = [t for t in (self._reader, self._hb, self._stopper, self._feeder) if t is not None]
         if conn is not None:
             proto = conn.protocol
             conn.close(1000, "client closed")  # the reader returns once the server answers

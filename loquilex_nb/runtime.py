@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import threading
 import time
 from typing import Any, Awaitable, Callable, TypeVar
@@ -22,6 +23,26 @@ log = logging.getLogger("loquilex_nb")
 T = TypeVar("T")
 
 SHUTDOWN_TIMEOUT = 30.0
+MAX_SESSIONS_ENV = "LOQUILEX_MAX_SESSIONS"
+DEFAULT_MAX_SESSIONS = 4  # this machine (2 cores) keeps ~6 live streams within a second of latency
+
+
+def check_max_sessions(value: Any, name: str = "max_sessions") -> int:
+    """The limit's one rule, here and in the server's `LoquilexApp.max_sessions`: a whole number >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def max_sessions_from_env() -> int | None:
+    raw = os.environ.get(MAX_SESSIONS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        value: Any = int(raw)
+    except ValueError:
+        value = raw
+    return check_max_sessions(value, MAX_SESSIONS_ENV)
 
 
 def wait_future(fut: concurrent.futures.Future, timeout: float | None = None) -> Any:
@@ -42,9 +63,13 @@ def wait_future(fut: concurrent.futures.Future, timeout: float | None = None) ->
             raise
 
 
+_UNSET: Any = object()
+
+
 class Runtime:
-    def __init__(self, supervisor_factory: Callable[[], Supervisor] = Supervisor) -> None:
-        self._factory = supervisor_factory
+    def __init__(self, supervisor_factory: Callable[[], Supervisor] | None = None) -> None:
+        self._factory = supervisor_factory or self._new_supervisor
+        self._max_sessions: int | None = None  # None: $LOQUILEX_MAX_SESSIONS, else the default
         self._lock = threading.Lock()
         self._refs = 0
         self._thread: threading.Thread | None = None
@@ -61,9 +86,30 @@ class Runtime:
     def supervisor(self) -> Supervisor | None:
         return self._supervisor
 
+    @property
+    def max_sessions(self) -> int:
+        """The embedded supervisor's session limit: `configure()`, else the environment, else 4."""
+        if self._max_sessions is not None:
+            return self._max_sessions
+        from_env = max_sessions_from_env()
+        return DEFAULT_MAX_SESSIONS if from_env is None else from_env
+
+    def configure(self, *, max_sessions: Any = _UNSET) -> dict[str, Any]:
+        """Change settings of embedded mode (a running supervisor too); returns them all."""
+        with self._lock:
+            if max_sessions is not _UNSET:
+                self._max_sessions = None if max_sessions is None else check_max_sessions(max_sessions)
+                if self._supervisor is not None:
+                    self._supervisor.max_sessions = self.max_sessions
+            return {"max_sessions": self.max_sessions}
+
+    def _new_supervisor(self) -> Supervisor:
+        return Supervisor(max_sessions=self.max_sessions)
+
     def acquire(self) -> None:
         with self._lock:
             if self._thread is None:
+                self.max_sessions  # a bad $LOQUILEX_MAX_SESSIONS fails here, before any thread
                 self._start_locked()
             self._refs += 1
 

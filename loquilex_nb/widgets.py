@@ -1,7 +1,8 @@
 """Notebook widgets: a live resource monitor and a live caption view (ipywidgets, no custom JS).
 
 Both widgets run at most one updater thread of their own (non-daemon, named), woken by a
-`threading.Event` to stop; `close()` stops and joins it, and so does interpreter exit (a
+`threading.Event` to stop; `close()` stops and joins it and leaves the last rendering in the
+notebook (`remove()` also closes the widgets), and interpreter exit stops it too (a
 `threading._register_atexit` hook that runs before Python joins non-daemon threads, so a
 kernel with a widget left open still shuts down). The hook holds the open widgets in a
 WeakSet only; nothing happens in `__del__`. Values are set on `ipywidgets.HTML` traits from
@@ -99,6 +100,13 @@ def _wait(fut: concurrent.futures.Future, stop: threading.Event, timeout: float 
             if deadline is not None and time.monotonic() >= deadline:
                 fut.cancel()
                 raise TimeoutError("timed out") from None
+
+
+def _remove(box: Any, parts: Iterable[Any]) -> None:
+    box.close()
+    for w in parts:
+        w.close()
+    W.VBox.close(box)
 
 
 class _Stopped(Exception):
@@ -297,6 +305,7 @@ class ResourceMonitor(W.VBox):
         self._tracks: dict[str, _Track] = {}
         self.samples = 0
         self._shown_in: int | None = None  # set by `%lx monitor`: the cell that displayed it
+        self._owner_names: dict[str, str] = {}  # kernel id -> notebook name, from the server
         self.latest: dict[str, Any] = {}
         self.baseline: dict[str, Any] = {"process": None, "server": None}
         if backend is not None:
@@ -338,7 +347,11 @@ class ResourceMonitor(W.VBox):
         return self.latest
 
     def close(self) -> None:
-        """Stop and join the updater thread, then close the widgets; idempotent, bounded."""
+        """Stop and join the updater thread; the last rendering stays (idempotent, bounded).
+
+        The notebook keeps showing what the monitor saw last, marked closed; `remove()`
+        also closes the widgets, and the view disappears.
+        """
         if "_stop" not in self.__dict__:  # __init__ failed early (ipywidgets' __del__ calls close)
             return super().close()
         self._stop_updater()
@@ -346,9 +359,10 @@ class ResourceMonitor(W.VBox):
             self.header.value = self._header_html(closed=True)
         except Exception:
             pass
-        for w in (self.header, self.local_html, self.server_html):
-            w.close()
-        super().close()
+
+    def remove(self) -> None:
+        """close(), then close the widgets themselves: the view leaves the notebook."""
+        _remove(self, (self.header, self.local_html, self.server_html))
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         if self._shown_in is not None and self._shown_in == _execution_count():
@@ -409,7 +423,28 @@ class ResourceMonitor(W.VBox):
             return None, f"server error: {exc}"
         if not isinstance(data, dict) or not isinstance(data.get("server"), dict):
             return None, f"server error: unexpected answer {str(data)[:200]!r}"
+        owners = {w.get("owner") for w in data.get("sessions") or ()} - {None, ""}
+        if owners - self._owner_names.keys():
+            self._owner_names.update(self._fetch_notebook_names())
         return data, None
+
+    def _fetch_notebook_names(self) -> dict[str, str]:
+        """kernel id -> notebook name; {} when the server does not say (no Jupyter sessions API)."""
+        names = getattr(self.backend, "notebook_names", None)
+        if names is None:
+            return {}
+        coro = names(timeout=self.request_timeout)
+        try:
+            fut = RUNTIME.submit(coro)
+        except Exception:
+            coro.close()
+            return {}
+        try:
+            return _wait(fut, self._stop, self.request_timeout + 2.0)
+        except _Stopped:
+            raise
+        except Exception:
+            return {}
 
     def _sample(self, *, baseline: bool = False) -> None:
         with self._tick_lock:
@@ -483,8 +518,22 @@ class ResourceMonitor(W.VBox):
             rows.append(f"<tr{style}>{_td(_esc(key), 'left')}{_td(_esc(_fmt(key, value)))}{_td(_esc(_fmt_delta(key, delta)))}{_td(spark, 'left')}</tr>")
         return f"<table {_TABLE}>{''.join(rows)}</table>"
 
-    @staticmethod
-    def _worker_table(workers: list[dict[str, Any]]) -> str:
+    def _owner(self, owner: Any) -> str:
+        if not owner:
+            return ""
+        name = self._owner_names.get(owner)
+        if name:
+            return name
+        return f"kernel {owner[:8]}…" if len(owner) > 12 else str(owner)
+
+    def _kernel_sessions(self) -> list[dict[str, Any]]:
+        """This process's own workers and, in server mode, the server's sessions this kernel owns."""
+        latest = self.latest
+        kernel = getattr(self.backend, "kernel_id", None)
+        remote = [w for w in latest.get("server_sessions") or () if kernel is not None and w.get("owner") == kernel]
+        return list(latest["workers"]) + remote
+
+    def _worker_table(self, workers: list[dict[str, Any]]) -> str:
         if not workers:
             return '<div style="font-size:12px;color:#777">no sessions running</div>'
         rows = ['<tr><th class="l">session</th><th class="l">state</th><th class="l">owner</th><th>pid</th>'
@@ -494,7 +543,7 @@ class ResourceMonitor(W.VBox):
             alive = w.get("alive", True)
             rows.append(
                 "<tr>" + _td(_esc(w.get("sid", "?")), "left") + _td(_esc(w.get("state", "?")), "left")
-                + _td(_esc(w.get("owner") or ""), "left") + _td(_esc(w.get("pid", "")))
+                + _td(_esc(self._owner(w.get("owner"))), "left") + _td(_esc(w.get("pid", "")))
                 + _td("—" if cpu is None else f"{cpu:.1f}") + _td(_mib(w["rss"]) if alive and w.get("rss") else "—")
                 + _td(_esc(w.get("fds", "—")) if alive else "—") + "</tr>"
             )
@@ -508,7 +557,7 @@ class ResourceMonitor(W.VBox):
             + f'<div style="font-size:12px"><b>this kernel</b> (pid {local["pid"]})</div>'
             + self._counter_table("", local, base["process"])
             + f'<div style="font-size:12px;margin-top:4px"><b>sessions of this kernel</b></div>'
-            + self._worker_table(latest["workers"])
+            + self._worker_table(self._kernel_sessions())
         )
         if self.backend is None:
             server_html = ""
@@ -634,13 +683,14 @@ class CaptionView(W.VBox):
         return self._done.wait(timeout)
 
     def close(self) -> None:
-        """Stop and join the updater thread (promptly), then close the widgets; idempotent."""
+        """Stop and join the updater thread (promptly); the captions shown so far stay. Idempotent."""
         if "_stop" not in self.__dict__:  # __init__ failed early (ipywidgets' __del__ calls close)
             return super().close()
         self._stop_updater()
-        for w in (self.status_html, self.partial_html, self.finals_html):
-            w.close()
-        super().close()
+
+    def remove(self) -> None:
+        """close(), then close the widgets themselves: the view leaves the notebook."""
+        _remove(self, (self.status_html, self.partial_html, self.finals_html))
 
     def __repr__(self) -> str:
         return f"<loquilex CaptionView of {getattr(self.session, 'id', '?')} {self._state}>"

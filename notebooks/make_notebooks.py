@@ -1,4 +1,4 @@
-"""(Re)generate notebooks 03-05 with nbformat and store their outputs by running them with nbclient.
+"""(Re)generate the notebooks 01-05 with nbformat and store their outputs by running them with nbclient.
 
     .venv/bin/python notebooks/make_notebooks.py            # all of them
     .venv/bin/python notebooks/make_notebooks.py 04 05      # some (by number or name)
@@ -9,7 +9,9 @@ this runs. `make test` runs them with nbval (`--nbval-lax`): cells marked `# NBV
 must print exactly what is stored, so those cells print only deterministic lines (no times, ids,
 pids, ports or transcripts). nbval runs each notebook in a bare kernel and SIGKILLs it at the
 end, so every notebook cleans up in its last cell and checks that the kernel's process counters
-(threads, children, fds, sockets) are back to the baseline of its first cell.
+(threads, children, fds, sockets) are back to the baseline of its first cell
+(`loquilex_nb.baseline.Baseline`, which leaves out the subshells JupyterLab adds to a kernel).
+`tests/test_browser.py` runs every notebook in real JupyterLab as well.
 """
 
 from __future__ import annotations
@@ -54,17 +56,7 @@ BACK_TO_BASELINE = code(
     """
     # NBVAL_CHECK_OUTPUT
     shutil.rmtree(tmp, ignore_errors=True)
-    # let closed things settle; ipykernel closes the iopub pipe of a thread that printed or
-    # updated a widget up to 10 s after the thread ended (its event-pipe gc period)
-    deadline = time.monotonic() + 20
-    while True:
-        now = process_counters()
-        ok = (now.threads <= baseline.threads and now.children == baseline.children
-              and now.fds <= baseline.fds and now.sockets <= baseline.sockets)
-        if ok or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert ok, (baseline, now)
+    baseline.check(timeout=20)  # polls while closed things settle; AssertionError if they do not
     print('back to baseline')
     """
 )
@@ -210,11 +202,152 @@ import urllib.error, urllib.request
 from pathlib import Path
 
 import psutil
-from loquilex_nb.resources import process_counters
+from loquilex_nb.baseline import Baseline
 
-baseline = process_counters()
+baseline = Baseline()  # this kernel's threads, children, fds and sockets now
 tmp = Path(tempfile.mkdtemp(prefix='{prefix}'))
 """
+
+
+# -- 01: quickstart ----------------------------------------------------------------------------
+NB01 = [
+    md(
+        """
+        # Quickstart: caption the bundled sample
+
+        `lx.session(...)` captions an audio file (or audio you push, or a microphone), gives
+        its events as they come and writes caption files (`captions.vtt`, `captions.srt`,
+        `final.txt`). The same code runs in two places:
+
+        * **server mode**: in JupyterLab started by `make run`, the kernel finds the Jupyter
+          server's `loquilex` extension and the session runs there, owned by this kernel (it
+          stops when the kernel restarts or shuts down). A file the server cannot reach, such as
+          this sample inside the installed package, is decoded here and streamed to the server.
+          The caption files go to `loquilex-captions/` under the server's root.
+        * **embedded mode**: in a kernel no such server started (nbval in `make test`, a plain
+          `jupyter console`), this kernel's own supervisor runs the session's worker process, and
+          the caption files go to `loquilex-captions/` in the working directory.
+
+        The last cell checks that the session left nothing behind in this kernel.
+        """
+    ),
+    code(
+        """
+        import shutil
+        from pathlib import Path
+        import loquilex_nb as lx
+        from loquilex_nb.baseline import Baseline
+
+        baseline = Baseline()  # this kernel's threads, children, fds and sockets now
+        sample = Path(lx.__file__).parent / 'data' / 'sample.wav'
+        """
+    ),
+    code(
+        """
+        # realtime=False: as fast as the machine goes; True would take as long as the audio
+        with lx.session(str(sample), realtime=False) as s:
+            print('runs in', 'the Jupyter server' if s.backend.name == 'server' else 'this kernel')
+            for ev in s.events():
+                if ev.type == 'asr.final':
+                    print(f'[{ev.t0:5.2f}] {ev.text}')
+        """
+    ),
+    code(
+        """
+        # NBVAL_CHECK_OUTPUT
+        import jiwer, re
+        norm = lambda t: ' '.join(re.sub(r"[^a-z0-9' ]", ' ', t.lower()).split())
+        reference = sample.with_suffix('.txt').read_text()
+        print(s.end.kind, len(s.finals), jiwer.wer(norm(reference), norm(s.text)) < 0.15)
+        """
+    ),
+    code(
+        """
+        # NBVAL_CHECK_OUTPUT
+        print(sorted(p.name for p in s.outputs.values()))
+        print(s.outputs['vtt'].read_text().splitlines()[0])
+        """
+    ),
+    code(
+        """
+        import webvtt
+        for cue in webvtt.read(str(s.outputs['vtt']))[:3]:
+            print(cue.start, cue.end, cue.text)
+        """
+    ),
+    md("Clean up and check that the counters are back to baseline (threads, child processes, fds, sockets)."),
+    code(
+        """
+        # NBVAL_CHECK_OUTPUT
+        tmp = s.outputs['vtt'].parent  # this session's caption folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        baseline.check(timeout=20)
+        print('back to baseline')
+        """
+    ),
+]
+
+
+# -- 02: resource monitor ----------------------------------------------------------------------
+NB02 = [
+    md(
+        """
+        # Resource monitor: watch the counters return
+
+        A live `ResourceMonitor` of this kernel and, in JupyterLab with the extension (server
+        mode), of the Jupyter server and each session's worker. Start two sessions, watch the
+        child processes, fds and threads grow, stop them and watch everything come back.
+        `mon.close()` stops the monitor's updater; its last rendering stays.
+        """
+    ),
+    code(
+        """
+        import shutil, time
+        import loquilex_nb as lx
+        from loquilex_nb.baseline import Baseline
+        from loquilex_nb import widgets  # one-time import costs are not leaks
+
+        baseline = Baseline()  # this kernel's threads, children, fds and sockets now
+        mon = lx.ResourceMonitor(interval=0.5, server='auto')
+        mon
+        """
+    ),
+    code(
+        """
+        # NBVAL_CHECK_OUTPUT
+        sessions = [lx.session(lx.PushSource()).start() for i in range(2)]
+        deadline = time.monotonic() + 60
+        while any(s.status == 'starting' for s in sessions) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)  # a few samples with the sessions running
+        mon.refresh()
+        print('sessions running:', sum(s.status == 'running' for s in sessions))
+        """
+    ),
+    code(
+        """
+        # NBVAL_CHECK_OUTPUT
+        folders = [s.outputs['vtt'].parent for s in sessions]
+        for s in sessions:
+            s.close()
+        time.sleep(1.5)  # a few samples after the stop
+        mon.refresh()
+        print('sessions running:', sum(s.status == 'running' for s in sessions))
+        print('ended:', sorted({s.end.kind for s in sessions}))
+        """
+    ),
+    md("Clean up and check that this kernel's counters are back to their baseline."),
+    code(
+        """
+        # NBVAL_CHECK_OUTPUT
+        mon.close()
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        baseline.check(timeout=20)
+        print('back to baseline')
+        """
+    ),
+]
 
 
 # -- 03: kernel restart ------------------------------------------------------------------------
@@ -439,11 +572,11 @@ NB05 = [
 
         A session with `lx.PushSource()` captions audio you feed it yourself (16 kHz mono, int16
         or float32 arrays). Here the first 12 seconds of the bundled sample are fed from NumPy in
-        100 ms chunks at the speed of speech, like a microphone would deliver them, so live
-        partials appear while it speaks; `s.stop()` finalizes what was fed. Embedded mode: the
-        session runs in this kernel, even when a Jupyter server with the extension started it.
-        Ends by checking that the process counters are back to baseline. `make test` runs it
-        with nbval.
+        100 ms chunks at the speed of speech, like a microphone would deliver them, while
+        `lx.CaptionView` shows the live partial and the finals; `s.stop()` finalizes what was
+        fed. Embedded mode: `lx.connect(None)` makes the session run in this kernel, even when a
+        Jupyter server with the extension started it. Ends by checking that the process counters
+        are back to baseline. `make test` runs it with nbval and in JupyterLab.
         """
     ),
     code(
@@ -454,10 +587,10 @@ NB05 = [
         import jiwer
         import numpy as np
         import loquilex_nb as lx
-        from loquilex_nb.resources import process_counters
+        from loquilex_nb.baseline import Baseline
 
         lx.connect(None)  # embedded mode: this kernel's own supervisor runs the session
-        baseline = process_counters()
+        baseline = Baseline()
         tmp = Path(tempfile.mkdtemp(prefix='lx-nb05-'))
         """
     ),
@@ -473,29 +606,21 @@ NB05 = [
         print(f'{len(audio) / RATE:.1f} s of audio, {audio.dtype}')
         """
     ),
-    md("Start the session and, where this version has it, show the live caption widget."),
+    md("Start the session and show the live caption view: status, the live partial, the finals with their latency."),
     code(
         """
         s = lx.session(lx.PushSource(), output_root=tmp, out='push').start()
-        view = None
-        if hasattr(lx, 'CaptionView'):
-            view = lx.CaptionView(s)
-            display(view)
-        else:
-            print('lx.CaptionView is not in this version: the captions are printed below')
+        view = lx.CaptionView(s)
+        display(view)
         """
     ),
-    md("Feed 100 ms chunks at real time (without the widget, the live partial is printed as it changes), then stop."),
+    md("Feed 100 ms chunks at real time, then stop: the view follows along."),
     code(
         """
         CHUNK = RATE // 10
-        start, shown = time.monotonic(), None
+        start = time.monotonic()
         for i in range(0, len(audio), CHUNK):
             s.feed(audio[i:i + CHUNK])
-            partial = s.partial
-            if view is None and partial is not None and partial.text and partial.text != shown:
-                shown = partial.text
-                print(f'  … {shown}')
             ahead = start + (i + CHUNK) / RATE - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)  # the speed of speech
@@ -523,11 +648,15 @@ NB05 = [
         print(sorted(p.name for p in s.outputs.values()))
         """
     ),
-    md("Clean up and check that the counters are back to baseline (threads, child processes, fds, sockets)."),
+    md(
+        """
+        Clean up and check that the counters are back to baseline (threads, child processes, fds,
+        sockets). `view.close()` stops the view's updater thread; the captions it shows stay.
+        """
+    ),
     code(
         """
-        if view is not None and hasattr(view, 'close'):
-            view.close()
+        view.close()
         s.close();  # also joins this kernel's loquilex loop thread
         """
     ),
@@ -535,6 +664,8 @@ NB05 = [
 ]
 
 NOTEBOOKS = {
+    "01-quickstart": NB01,
+    "02-resource-monitor": NB02,
     "03-kernel-restart-cleanup": NB03,
     "04-server-shutdown-cleanup": NB04,
     "05-push-audio": NB05,

@@ -262,3 +262,21 @@ def test_ensure_dir_under_creates(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         ensure_dir_under(tmp_path, "../escape")
     assert not (tmp_path.parent / "escape").exists()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_caption_files_follow_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    """Like any file a user makes: 0666 less the umask (mkstemp's 0600 would hide them)."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        w = CaptionWriter(tmp_path / "out", formats=("vtt", "srt", "txt"))
+        w.final("hello", 0.0, 1.0)
+        w.close()
+    finally:
+        os.umask(old)
+    files = sorted((tmp_path / "out").iterdir())
+    assert files
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: mode for p in files}

@@ -56,9 +56,10 @@ def test_prepare_file_paths_are_relative_to_root_dir(root):
     assert b.prepare("a.wav", "s", {})["source"] == {"kind": "file", "path": "talks/a.wav", "realtime": True}
     assert b.prepare(root / "talks" / "a.wav", "s", {"realtime": False})["source"]["path"] == "talks/a.wav"
     assert b.prepare("../talks/./a.wav", "s", {})["source"]["path"] == "talks/a.wav"
-    with pytest.raises(ValueError, match="'/etc/passwd' is outside the server's root_dir"):
+    # outside the root the kernel streams the file itself, so it must be audio it can read
+    with pytest.raises(ValueError, match="cannot open audio file '/etc/passwd'"):
         b.prepare("/etc/passwd", "s", {})
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match="'../../elsewhere.wav' does not exist"):
         b.prepare("../../elsewhere.wav", "s", {})
     with pytest.raises(ValueError, match="root_dir, not a file"):
         b.prepare(str(root), "s", {})
@@ -67,8 +68,17 @@ def test_prepare_file_paths_are_relative_to_root_dir(root):
 def test_prepare_without_root_dir_passes_relative_paths_only():
     b = RemoteBackend("http://h/", "t")
     assert b.prepare("x/a.wav", "s", {})["source"]["path"] == "x/a.wav"
-    with pytest.raises(ValueError, match="/abs/a.wav.*root_dir is unknown"):
+    with pytest.raises(ValueError, match="'/abs/a.wav' does not exist"):
         b.prepare("/abs/a.wav", "s", {})
+
+
+def test_prepare_a_file_outside_the_root_streams_it_from_the_kernel(root):
+    sample = Path(lx.__file__).parent / "data" / "sample.wav"
+    body = RemoteBackend("http://h/", "t", root_dir=root).prepare(str(sample), "s", {"realtime": False})
+    # the server gets a push session; the path never leaves this process
+    assert body["source"] == {"kind": "push"}
+    assert body["_kernel_file"] == {"kind": "kernel-file", "path": str(sample.resolve()), "realtime": False}
+    assert body == RemoteBackend("http://h/", "t").prepare(str(sample), "s", {"realtime": False})
 
 
 @pytest.mark.parametrize(

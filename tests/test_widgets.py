@@ -1,6 +1,7 @@
 """ResourceMonitor and CaptionView with real sessions (embedded mode) and real threads."""
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -302,3 +303,39 @@ async def test_monitor_shows_the_server_and_its_sessions(jp_serverapp, jp_fetch,
             await asyncio.to_thread(auto.close)
     finally:
         client._reset()
+
+
+async def test_monitor_lists_this_kernels_server_sessions_by_notebook_name(jp_serverapp, jp_fetch, jp_root_dir):
+    """In server mode "sessions of this kernel" are the server's sessions it owns, named by notebook."""
+    from loquilex_nb.client import RemoteBackend
+
+    url = jp_serverapp.connection_url.replace("localhost", "127.0.0.1")
+    token = jp_serverapp.identity_provider.token
+    r = await jp_fetch("api", "sessions", method="POST", body=json.dumps(
+        {"path": "talks/demo.ipynb", "name": "demo.ipynb", "type": "notebook", "kernel": {"name": "python3"}}))
+    kid = json.loads(r.body)["kernel"]["id"]
+    try:
+        backend = RemoteBackend(url, token, kernel_id=kid, root_dir=jp_root_dir)
+        m = await asyncio.to_thread(ResourceMonitor, server=backend, interval=3600)
+        try:
+            assert "no sessions running" in m.local_html.value
+            async with lx.session(lx.PushSource(), backend=backend) as s:
+                await asyncio.to_thread(m.refresh)
+                mine = m.local_html.value.split("sessions of this kernel")[1]
+                assert s.id in mine and str(s.pid) in mine
+                assert "demo.ipynb" in mine and kid not in m.local_html.value + m.server_html.value
+                await s.stop()
+        finally:
+            await asyncio.to_thread(m.close)
+    finally:
+        await jp_serverapp.kernel_manager.shutdown_kernel(kid, now=True)
+
+
+def test_close_keeps_the_last_rendering_and_remove_takes_it_away():
+    m = ResourceMonitor(interval=3600)
+    m.close()
+    assert not m.thread.is_alive() and m.comm is not None, "closed: the view stays"
+    assert "closed" in m.header.value and ">threads<" in m.local_html.value
+    assert all(w.comm is not None for w in m.children)
+    m.remove()
+    assert m.comm is None and all(w.comm is None for w in m.children)
