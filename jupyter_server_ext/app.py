@@ -12,7 +12,7 @@ from loquilex_nb.runtime import check_max_sessions
 from loquilex_nb.supervisor import Supervisor
 
 from .activity import ActivityReporter
-from .handlers import handlers
+from .handlers import handlers, not_found
 from .hubsignals import route_sigint_to_stop
 from .hub import Limits
 from .lease import BrowserLeases, lease_handlers
@@ -100,6 +100,7 @@ class LoquilexApp(ExtensionApp):
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers(self.manager))
         self.handlers.extend(lease_handlers(self.manager, self.leases))
+        self.handlers.append(not_found(self.manager))
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
         self.manager.start()

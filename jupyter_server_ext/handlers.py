@@ -349,5 +349,10 @@ def handlers(manager: SessionManager) -> list[tuple[str, type, dict]]:
         (rf"/loquilex/api/sessions/{sid}/captions\.(?P<fmt>vtt|srt|txt)", CaptionsHandler, kw),
         (rf"/loquilex/api/sessions/{sid}/events", EventsHandler, kw),
         (r"/loquilex/api/resources", ResourcesHandler, kw),
-        (r"/loquilex/(?P<rest>.*)", NotFoundHandler, kw),  # last: our other URLs answer JSON too
     ]
+
+
+def not_found(manager: SessionManager) -> tuple[str, type, dict]:
+    """Our other URLs answer JSON too. Tornado takes the first match: register it last,
+    after every module's routes (the lease's too)."""
+    return (r"/loquilex/(?P<rest>.*)", NotFoundHandler, {"manager": manager})
