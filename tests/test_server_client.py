@@ -39,6 +39,10 @@ async def test_push_session_through_the_server_with_a_dropped_socket(server, jp_
         chunks = np.array_split(samples, 40)
         for i, chunk in enumerate(chunks):
             await s.feed(chunk)
+            # at the speed of speech, as a live client does: audio fed faster than the worker
+            # decodes and then stopped may be dropped past the stop budget (an audio-dropped
+            # event), and this test is about resuming across drops without loss
+            await asyncio.sleep(len(chunk) / 16000)
             if i in (15, 30):
                 await asyncio.sleep(0.5)
                 # the server cuts this client off; the handle must resume without loss

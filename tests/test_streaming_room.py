@@ -24,7 +24,13 @@ SR = 16000
 
 @pytest.fixture(scope="module")
 def decoder():
-    return WhisperDecoder(build_asr_config({}))
+    import numpy as np
+
+    d = WhisperDecoder(build_asr_config({}))
+    # the model's native worker thread starts at its first decode and lives as long as the
+    # model (this module's): start it here, before any test's leak-check baseline
+    list(d.model.transcribe(np.zeros(16000, dtype=np.float32), language="en")[0])
+    return d
 
 
 def run_live(decoder, path, **options):
