@@ -316,7 +316,7 @@ def overhead_rows(s: dict) -> list[list[str]]:
     return rows
 
 
-CYCLES_HEAD = ["cycles", "wall", "cycles/s", "POST p50 / p90", "DELETE p50 / p90", "end", "fds", "threads", "tasks", "children", "server RSS", "back to baseline"]
+CYCLES_HEAD = ["cycles (full)", "wall", "cycles/s", "POST p50 / p90", "to running p50 / p90", "DELETE p50 / p90", "end", "fds", "threads", "tasks", "children", "server RSS", "back to baseline"]
 
 
 def cycles_rows(c: dict) -> list[list[str]]:
@@ -326,9 +326,11 @@ def cycles_rows(c: dict) -> list[list[str]]:
         kinds += "; errors " + ", ".join(f"{k}×{v}" for k, v in c["errors"].items())
     arrow = lambda k: f"{b[k]} → {a[k]}"  # noqa: E731
     return [[
-        f"{c['cycles']}" + (f" (of {c['target']}, time budget)" if c["truncated_by_budget"] else ""),
+        f"{c['cycles']} ({c.get('full_cycles', 0)})" + (f" (of {c['target']}, time budget)" if c["truncated_by_budget"] else ""),
         f"{c['wall_s']:.0f} s", _num(c["cycles_per_s"]),
-        f"{_ms(c['post_s']['p50'])} / {_ms(c['post_s']['p90'])}", f"{_ms(c['delete_s']['p50'])} / {_ms(c['delete_s']['p90'])}",
+        f"{_ms(c['post_s']['p50'])} / {_ms(c['post_s']['p90'])}",
+        f"{_ms(c['running_s']['p50'])} / {_ms(c['running_s']['p90'])}" if c.get("running_s") else "–",
+        f"{_ms(c['delete_s']['p50'])} / {_ms(c['delete_s']['p90'])}",
         kinds, arrow("fds"), arrow("threads"), arrow("tasks"), arrow("children"), f"{_mib(b['rss'])} → {_mib(a['rss'])}",
         ("yes" if c["back_to_baseline"] else "NO") + f" ({c['settle_s']:.1f} s)",
     ]]
@@ -665,7 +667,9 @@ def render_markdown(r: dict) -> str:
         parts += [
             _table_md(CYCLES_HEAD, cycles_rows(c)),
             _img(r, "cycles_rss", "server RSS over create/stop cycles"),
-            f"- POST a push session, then DELETE it, {c['in_flight']} cycles in flight, on a fresh server; counters before and after "
+            f"- POST a push session, then DELETE it, {c['in_flight']} cycles in flight, on a fresh server. A *full* cycle waits for the "
+            f"session's `running` state (worker up, model loaded) before the DELETE; one cycle in {c.get('partial_cycle_every', 5)} "
+            "is stopped at once, while its worker may still be loading. Counters before and after "
             f"(after settling). Server RSS every {c['curve_every']} cycles (MiB): {c['rss_curve_mib']}.",
         ]
     else:

@@ -760,17 +760,34 @@ async def bench_overhead(srv: JupyterServer, sizes: tuple[int, ...], log: Callab
 
 
 # -- 4. create/stop cycles ----------------------------------------------------------------
+PARTIAL_CYCLE_EVERY = 5  # one cycle in five is stopped while its worker may still be loading the model
+
+
+async def wait_state(srv: JupyterServer, sid: str, want: str, timeout: float) -> bool:
+    """Poll the session's REST state (the bench has no socket open on cycle sessions)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        code, info = await srv.rest("GET", f"loquilex/api/sessions/{sid}")
+        if code == 200 and info.get("state") == want:
+            return True
+        if code != 200 or info.get("end"):
+            return False
+        await asyncio.sleep(0.05)
+    return False
+
+
 async def bench_cycles(srv: JupyterServer, target: int, deadline: float, log: Callable, in_flight: int = 3, every: int = 100, at_least: int = 0) -> dict:
     await asyncio.sleep(SETTLE_S)
     base = counters(await srv.resources())
     curve = [{"cycles": 0, **{k: base[k] for k in ("rss", "fds", "threads", "tasks", "children")}}]
-    post_s, delete_s, kinds, errors = [], [], Counter(), Counter()
+    post_s, delete_s, running_s, kinds, errors = [], [], [], Counter(), Counter()
     state = {"next": 0, "done": 0}
     t0 = time.monotonic()
 
     async def worker() -> None:
         while state["next"] < target and (state["next"] < at_least or time.monotonic() < deadline):
             state["next"] += 1
+            n = state["next"]
             t = time.monotonic()
             code, info = await srv.rest("POST", "loquilex/api/sessions", {"source": {"kind": "push"}, "formats": ["txt"]})
             post_s.append(time.monotonic() - t)
@@ -779,6 +796,13 @@ async def bench_cycles(srv: JupyterServer, target: int, deadline: float, log: Ca
                 await asyncio.sleep(0.1)
                 state["done"] += 1
                 continue
+            if n % PARTIAL_CYCLE_EVERY:
+                # a full cycle: the worker has loaded its model before it is stopped
+                t = time.monotonic()
+                if await wait_state(srv, info["id"], "running", SESSION_TIMEOUT):
+                    running_s.append(time.monotonic() - t)
+                else:
+                    errors["never running"] += 1
             t = time.monotonic()
             code, end = await srv.rest("DELETE", f"loquilex/api/sessions/{info['id']}")
             delete_s.append(time.monotonic() - t)
@@ -806,7 +830,10 @@ async def bench_cycles(srv: JupyterServer, target: int, deadline: float, log: Ca
         "in_flight": in_flight,
         "wall_s": round(wall, 1),
         "cycles_per_s": done / wall if wall else None,
+        "full_cycles": len(running_s),
+        "partial_cycle_every": PARTIAL_CYCLE_EVERY,
         "post_s": summary(post_s),
+        "running_s": summary(running_s),
         "delete_s": summary(delete_s),
         "end_kinds": dict(kinds),
         "errors": dict(errors),
