@@ -33,8 +33,8 @@ from measure import REPO
 from stall import lost as stall_lost, session_log
 
 import loquilex_nb as lx
-from loquilex_nb.api import build_config
-from loquilex_nb.config import default_model_dir
+from loquilex_nb.core.config import build_config
+from loquilex_nb.core.config import default_model_dir
 
 FIXTURES = REPO / "tests" / "fixtures"
 SHORT = FIXTURES / "short.wav"

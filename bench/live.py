@@ -55,8 +55,8 @@ def captions_text(finals: dict[int, str], revisions: dict[int, str]) -> str:
 
 def simulate(path: Path, decoder, cfg) -> dict:
     """The recogniser in-process, 0.1 s chunks, every tick taken (two per chunk)."""
-    from loquilex_nb.audio import iter_file_chunks
-    from loquilex_nb.streaming import StreamingRecognizer
+    from loquilex_nb.core.audio import iter_file_chunks
+    from loquilex_nb.worker.streaming import StreamingRecognizer
 
     finals: dict[int, str] = {}
     revisions: dict[int, str] = {}
@@ -176,8 +176,8 @@ def run(quick: bool, sim: bool, sets: list[str], log=print, only: list[str] | No
         files = [f for f in files if f.stem in only]
     decoder = cfg = None
     if sim or quick:
-        from loquilex_nb.config import build_asr_config
-        from loquilex_nb.decoder import WhisperDecoder
+        from loquilex_nb.core.config import build_asr_config
+        from loquilex_nb.worker.decoder import WhisperDecoder
 
         cfg = build_asr_config({})
         decoder = WhisperDecoder(cfg)

@@ -28,7 +28,7 @@ from typing import Callable
 from measure import summary
 
 import loquilex_nb as lx
-from loquilex_nb.api import build_config
+from loquilex_nb.core.config import build_config
 
 ESC_GRACE = 0.5
 ESC_TERM_GRACE = 0.5

@@ -18,7 +18,7 @@ from measure import REPO  # noqa: E402
 
 
 def energy_segments(audio: np.ndarray, silence_s: float = 0.45) -> int:
-    from loquilex_nb.vad import EnergyVad
+    from loquilex_nb.worker.vad import EnergyVad
 
     vad = EnergyVad(-45.0)
     n, in_utt, last = 0, False, 0

@@ -8,8 +8,8 @@ import os
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
 
-from loquilex_nb.runtime import check_max_sessions
-from loquilex_nb.supervisor import Supervisor
+from loquilex_nb.supervisor.runtime import check_max_sessions
+from loquilex_nb.supervisor.supervisor import Supervisor
 
 from .activity import ActivityReporter
 from .handlers import handlers, not_found

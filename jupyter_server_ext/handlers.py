@@ -12,8 +12,7 @@ from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
 from tornado.websocket import WebSocketHandler
 
-from loquilex_nb.session import SessionEnded
-from loquilex_nb.supervisor import SessionLimitError
+from loquilex_nb.core.errors import SessionEnded, SessionLimitError
 
 from .hub import CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_LATER, Connection, envelope
 from .manager import BadRequest, Conflict, SessionManager

@@ -16,8 +16,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from loquilex_nb.events import Event
-from loquilex_nb.session import Session
+from loquilex_nb.core.events import Event
+from loquilex_nb.supervisor.session import Session
 
 log = logging.getLogger("loquilex.server")
 

@@ -22,7 +22,7 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from loquilex_nb.session import Session
+from loquilex_nb.supervisor.session import Session
 
 from .handlers import SessionsHandler
 from .manager import BadRequest, SessionManager

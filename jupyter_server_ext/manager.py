@@ -14,12 +14,12 @@ from typing import Any, Mapping, NamedTuple
 
 import psutil
 
-from loquilex_nb.audio import AudioError, probe
-from loquilex_nb.config import FORMATS, SessionConfig, build_asr_config, check_options, parse_formats
-from loquilex_nb.paths import ensure_dir_under, open_beneath, relative_to_root, resolve_under
-from loquilex_nb.resources import process_counters, worker_figures
-from loquilex_nb.session import Session
-from loquilex_nb.supervisor import Supervisor
+from loquilex_nb.core.audio import AudioError, probe
+from loquilex_nb.core.config import FORMATS, SessionConfig, build_asr_config, check_options, parse_formats
+from loquilex_nb.core.paths import ensure_dir_under, open_beneath, relative_to_root, resolve_under
+from loquilex_nb.core.resources import process_counters, worker_figures
+from loquilex_nb.supervisor.session import Session
+from loquilex_nb.supervisor.supervisor import Supervisor
 
 from .hub import Hub, Limits
 

@@ -1,16 +1,17 @@
 """loquilex-nb: live captioning sessions for Jupyter that leave nothing behind."""
 
-from .api import EMBEDDED, AsyncSession, MicSource, PushSource, Session, resources, session, sessions, stop_all
-from .events import EndReason, Event
-from .leakcheck import LeakError, leakcheck
-from .supervisor import SessionLimitError, Supervisor
+from .handle import EMBEDDED, AsyncSession, MicSource, PushSource, Session, resources, session, sessions, stop_all
+from .core.events import EndReason, Event
+from .testing.leakcheck import LeakError, leakcheck
+from .core.errors import SessionLimitError
+from .supervisor.supervisor import Supervisor
 
 __version__ = "0.1.0"
 
 
 def connect(url, token=None, **kwargs):
     """Send `lx.session(...)` to the Jupyter server at `url` (None: back to embedded mode)."""
-    from .client import connect as _connect
+    from .backends import connect as _connect
 
     return _connect(url, token, **kwargs)
 
@@ -18,20 +19,20 @@ def connect(url, token=None, **kwargs):
 def configure(**settings):
     """Settings of embedded mode; returns them all. `max_sessions`: sessions this process may
     run at once (default 4, or $LOQUILEX_MAX_SESSIONS; None: back to that), a whole number >= 1."""
-    from .runtime import RUNTIME
+    from .supervisor.runtime import RUNTIME
 
     return RUNTIME.configure(**settings)
 
 
 def load_ipython_extension(ipython):
     """`%load_ext loquilex_nb`: the `%lx` line magic (sessions, stop, resources, monitor)."""
-    from .magics import load_ipython_extension as _load
+    from .ui.magics import load_ipython_extension as _load
 
     _load(ipython)
 
 
 def unload_ipython_extension(ipython):
-    from .magics import unload_ipython_extension as _unload
+    from .ui.magics import unload_ipython_extension as _unload
 
     _unload(ipython)
 
@@ -39,7 +40,7 @@ def unload_ipython_extension(ipython):
 def __getattr__(name):
     # the widgets need ipywidgets (the `lab` extra): imported on first use only
     if name in ("ResourceMonitor", "CaptionView"):
-        from . import widgets
+        from .ui import widgets
 
         return getattr(widgets, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

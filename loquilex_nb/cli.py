@@ -151,7 +151,7 @@ def _announce(url: str, *, open_browser: bool) -> None:
 
 
 def transcribe(args: argparse.Namespace) -> int:
-    from . import api
+    from . import handle as api
 
     options: dict = {"realtime": args.realtime, "formats": args.formats}
     if args.out is not None:

@@ -10,7 +10,7 @@ must print exactly what is stored, so those cells print only deterministic lines
 pids, ports or transcripts). nbval runs each notebook in a bare kernel and SIGKILLs it at the
 end, so every notebook cleans up in its last cell and checks that the kernel's process counters
 (threads, children, fds, sockets) are back to the baseline of its first cell
-(`loquilex_nb.baseline.Baseline`, which leaves out the subshells JupyterLab adds to a kernel).
+(`loquilex_nb.testing.baseline.Baseline`, which leaves out the subshells JupyterLab adds to a kernel).
 `tests/test_browser.py` runs every notebook in real JupyterLab as well.
 """
 
@@ -202,7 +202,7 @@ import urllib.error, urllib.request
 from pathlib import Path
 
 import psutil
-from loquilex_nb.baseline import Baseline
+from loquilex_nb.testing.baseline import Baseline
 
 baseline = Baseline()  # this kernel's threads, children, fds and sockets now
 tmp = Path(tempfile.mkdtemp(prefix='{prefix}'))
@@ -236,7 +236,7 @@ NB01 = [
         import shutil
         from pathlib import Path
         import loquilex_nb as lx
-        from loquilex_nb.baseline import Baseline
+        from loquilex_nb.testing.baseline import Baseline
 
         baseline = Baseline()  # this kernel's threads, children, fds and sockets now
         sample = Path(lx.__file__).parent / 'data' / 'sample.wav'
@@ -304,7 +304,7 @@ NB02 = [
         """
         import shutil, time
         import loquilex_nb as lx
-        from loquilex_nb.baseline import Baseline
+        from loquilex_nb.testing.baseline import Baseline
         from loquilex_nb import widgets  # one-time import costs are not leaks
 
         baseline = Baseline()  # this kernel's threads, children, fds and sockets now
@@ -587,7 +587,7 @@ NB05 = [
         import jiwer
         import numpy as np
         import loquilex_nb as lx
-        from loquilex_nb.baseline import Baseline
+        from loquilex_nb.testing.baseline import Baseline
 
         lx.connect(None)  # embedded mode: this kernel's own supervisor runs the session
         baseline = Baseline()

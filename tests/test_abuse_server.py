@@ -119,7 +119,7 @@ async def test_top_level_realtime_is_an_option(jp_fetch, manager, audio):
 
 
 async def test_unknown_option_lists_exactly_the_client_options(jp_fetch):
-    from loquilex_nb.config import option_names
+    from loquilex_nb.core.config import option_names
 
     code, answer = await post(jp_fetch, {"source": {"kind": "push"}, "beam_sise": 2})
     assert code == 400
@@ -294,7 +294,8 @@ async def test_shutdown_closes_hello_less_sockets_with_1001(jp_fetch, jp_ws_fetc
 
 @server_config(authorizer=True)
 async def test_websocket_messages_need_the_same_action_as_rest(jp_serverapp, jp_fetch, jp_ws_fetch, manager):
-    from loquilex_nb.api import PushSource, build_config
+    from loquilex_nb.core.config import build_config
+    from loquilex_nb.core.sources import PushSource
 
     # the user cannot POST (write), so the session is made directly
     config = build_config(PushSource(), sid="s1", output_root=manager.output_root)

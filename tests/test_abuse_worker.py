@@ -14,10 +14,11 @@ import time
 import pytest
 
 from conftest import FIXTURES, gone, pcm16
-from loquilex_nb.api import PushSource, build_config
-from loquilex_nb.config import LANGUAGES, build_asr_config, option_names
-from loquilex_nb.paths import open_beneath
-from loquilex_nb.supervisor import Supervisor
+from loquilex_nb.core.config import build_config
+from loquilex_nb.core.sources import PushSource
+from loquilex_nb.core.config import LANGUAGES, build_asr_config, option_names
+from loquilex_nb.core.paths import open_beneath
+from loquilex_nb.supervisor.supervisor import Supervisor
 
 
 def spawn_worker():

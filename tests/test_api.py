@@ -9,7 +9,7 @@ import srt
 import webvtt
 
 import loquilex_nb as lx
-from loquilex_nb.runtime import RUNTIME
+from loquilex_nb.supervisor.runtime import RUNTIME
 
 from conftest import FIXTURES, SAMPLE, assert_wer_near_batch, gone, pcm16
 

@@ -1,4 +1,4 @@
-"""`loquilex_nb.baseline`: a kernel subshell made by the frontend is not a leak; ours still are.
+"""`loquilex_nb.testing.baseline`: a kernel subshell made by the frontend is not a leak; ours still are.
 
 A real ipykernel (7+) gets a `create_subshell_request` on its control channel, as JupyterLab
 sends one for each comm target (`commsOverSubshells: perCommTarget`). The subshell's thread,
@@ -16,7 +16,7 @@ ipykernel = pytest.importorskip("ipykernel")
 if int(ipykernel.__version__.split(".")[0]) < 7:
     pytest.skip("subshells need ipykernel 7", allow_module_level=True)
 
-BASELINE = "from loquilex_nb.baseline import Baseline\nbase = Baseline()\nprint(base)"
+BASELINE = "from loquilex_nb.testing.baseline import Baseline\nbase = Baseline()\nprint(base)"
 CHECK = """
 try:
     base.check(timeout={timeout})
@@ -44,7 +44,7 @@ def test_a_frontend_subshell_is_not_a_leak_but_our_thread_and_socket_are(tmp_pat
         await control(kc, "kernel_info_request")
         await execute(kc, BASELINE)
         subshell = (await control(kc, "create_subshell_request"))["subshell_id"]
-        grown = await execute(kc, "from loquilex_nb.resources import process_counters\n"
+        grown = await execute(kc, "from loquilex_nb.core.resources import process_counters\n"
                                   "now = process_counters(); b = base.counters\n"
                                   "print(now.threads - b.threads, now.fds - b.fds, now.sockets - b.sockets)")
         threads, fds, sockets = map(int, grown.split())

@@ -74,7 +74,7 @@ def test_out_naming_an_existing_file_is_one_error_line(tmp_path: Path, capsys: p
 
 
 def test_an_unforeseen_failure_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
-    from loquilex_nb import api
+    from loquilex_nb import handle as api
 
     def broken(*args, **kwargs):
         raise RuntimeError("the supervisor\nis gone")

@@ -21,17 +21,19 @@ from tornado.web import Application, HTTPError, RequestHandler
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 import loquilex_nb as lx
-from loquilex_nb import client, discovery
-from loquilex_nb.audio import pcm_to_float32
-from loquilex_nb.client import RemoteBackend, end_from_dict, event_from_envelope, event_from_wire, f32le_to_s16le
-from loquilex_nb.events import EndReason, Event
+from loquilex_nb import backends
+from loquilex_nb.remote import client
+from loquilex_nb.remote import discovery
+from loquilex_nb.core.audio import pcm_to_float32
+from loquilex_nb.remote.client import RemoteBackend, end_from_dict, event_from_envelope, event_from_wire, f32le_to_s16le
+from loquilex_nb.core.events import EndReason, Event
 
 
 @pytest.fixture(autouse=True)
 def _auto_mode():
-    client._reset()
+    backends._reset()
     yield
-    client._reset()
+    backends._reset()
 
 
 # -- prepare ---------------------------------------------------------------------------------
@@ -174,7 +176,7 @@ def test_discovery_outside_a_kernel(runtime_dir, monkeypatch):
     t = time.monotonic()
     assert discovery.find_server() is None
     assert discovery.kernel_id() is None
-    assert client.current_backend() is None
+    assert backends.current_backend() is None
     assert time.monotonic() - t < 0.5
 
 
@@ -208,13 +210,13 @@ def test_kernel_id_from_command_line(monkeypatch, tmp_path):
 def test_connect_and_embedded_choice(runtime_dir, monkeypatch):
     monkeypatch.delenv("JPY_PARENT_PID", raising=False)
     info = write_server_file(runtime_dir, os.getpid(), "http://localhost:8123/lab/", token="tok", root_dir="/data")
-    b = client.connect("http://127.0.0.1:8123/lab", check=False)
+    b = backends.connect("http://127.0.0.1:8123/lab", check=False)
     # a local server's token and root_dir come from its runtime file
     assert (b.url, b.token, str(b.root_dir), b.kernel_id) == ("http://127.0.0.1:8123/lab/", info["token"], "/data", None)
-    assert client.current_backend() is b
-    assert client.connect(None) is None and client.current_backend() is None
+    assert backends.current_backend() is b
+    assert backends.connect(None) is None and backends.current_backend() is None
     with pytest.raises(ConnectionError, match="no loquilex server extension"):
-        client.connect(closed_port_url(), "t")
+        backends.connect(closed_port_url(), "t")
 
 
 # -- a fake server for the socket ------------------------------------------------------------
@@ -563,12 +565,12 @@ def test_auto_detection_inside_a_kernel(tmp_path, runtime_dir, monkeypatch):
         write_server_file(runtime_dir, os.getpid(), fake.url, token=fake.token, root_dir=str(tmp_path))
         assert discovery.find_server()["url"] == fake.url
         monkeypatch.setenv("LOQUILEX_MODE", "embedded")
-        assert discovery.find_server() is None and client.current_backend() is None
+        assert discovery.find_server() is None and backends.current_backend() is None
         monkeypatch.delenv("LOQUILEX_MODE")
-        b = client.current_backend()
+        b = backends.current_backend()
         assert (b.url, b.token, b.kernel_id, b.root_dir) == (fake.url, fake.token, "k-42", tmp_path)
-        assert client.current_backend() is b, "detected once, then cached"
-        assert lx.api.default_backend() is b
-        assert client.connect(fake.url).kernel_id == "k-42", "our own server: the kernel id applies"
+        assert backends.current_backend() is b, "detected once, then cached"
+        assert lx.backends.default_backend() is b
+        assert backends.connect(fake.url).kernel_id == "k-42", "our own server: the kernel id applies"
         # a detected backend gives file paths relative to the server's root_dir
         assert b.prepare(str(conn_file), "s", {})["source"]["path"] == "kernel-k-42.json"

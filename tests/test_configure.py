@@ -4,7 +4,7 @@ import pytest
 from traitlets import TraitError
 
 import loquilex_nb as lx
-from loquilex_nb.runtime import DEFAULT_MAX_SESSIONS, MAX_SESSIONS_ENV, RUNTIME
+from loquilex_nb.supervisor.runtime import DEFAULT_MAX_SESSIONS, MAX_SESSIONS_ENV, RUNTIME
 
 
 @pytest.fixture(autouse=True)

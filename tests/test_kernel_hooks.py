@@ -42,7 +42,7 @@ import atexit, json, os, time
 import loquilex_nb as lx
 
 _lx_root, _lx_evidence = {root!r}, {evidence!r}
-assert lx.api.default_backend() is lx.EMBEDDED, lx.api.default_backend()
+assert lx.backends.default_backend() is lx.EMBEDDED, lx.backends.default_backend()
 _lx_sessions = [lx.session(lx.PushSource(), output_root=_lx_root).start() for _ in range(2)]
 _deadline = time.monotonic() + 60
 while any(s.status != "running" for s in _lx_sessions):

@@ -20,9 +20,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from loquilex_nb.leakcheck import Leak, LeakError, leakcheck
-from loquilex_nb.resources import fd_targets, process_counters, worker_figures
-from loquilex_nb.subreaper import is_subreaper, reap_adopted
+from loquilex_nb.testing.leakcheck import Leak, LeakError, leakcheck
+from loquilex_nb.core.resources import fd_targets, process_counters, worker_figures
+from loquilex_nb.testing.subreaper import is_subreaper, reap_adopted
 
 pytest_plugins = ["pytester"]
 
@@ -522,7 +522,7 @@ def _project_ini() -> str:
         "ini_options"
     ]
     options.pop("testpaths", None)
-    assert "loquilex_nb.pytest_plugin" in options["addopts"]
+    assert "loquilex_nb.testing.pytest_plugin" in options["addopts"]
     assert "pytest_jupyter" in options["addopts"] and options["asyncio_mode"] == "strict"
     return "[tool.pytest.ini_options]\n" + "".join(
         f"{key} = {json.dumps(value)}\n" for key, value in options.items()
@@ -601,6 +601,6 @@ def test_process_still_running_at_the_end_of_the_run_fails_it(
             subprocess.run(["sh", "-c", "sleep 65 >/dev/null 2>&1 &"], check=True)
         """
     )
-    result = pytester.runpytest_subprocess("-p", "loquilex_nb.pytest_plugin", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-p", "loquilex_nb.testing.pytest_plugin", "-p", "no:cacheprovider")
     result.stdout.fnmatch_lines(["*1 process(es) outlived the test run (killed now):*", "*sleep 65*"])
     assert result.ret == pytest.ExitCode.TESTS_FAILED

@@ -19,7 +19,7 @@ def shell(monkeypatch):
     config.HistoryManager.hist_file = ":memory:"  # no history database, no saving thread
     sh = InteractiveShell.instance(config=config)
     try:
-        result = sh.run_cell("%load_ext loquilex_nb.magics")
+        result = sh.run_cell("%load_ext loquilex_nb.ui.magics")
         assert result.success, result.error_in_exec
         yield sh
     finally:
@@ -97,7 +97,7 @@ def test_bad_input_gives_one_line(shell, capsys):
 
 
 def test_monitor_is_displayed_and_returned(shell, capsys):
-    from loquilex_nb.widgets import ResourceMonitor
+    from loquilex_nb.ui.widgets import ResourceMonitor
 
     result, out, err = run(shell, capsys, "%lx monitor 0.05")
     m = result.result

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import loquilex_nb as lx
-from loquilex_nb.client import connect
+from loquilex_nb.backends import connect
 
 from conftest import FIXTURES, assert_wer_near_batch, pcm16
 

@@ -26,7 +26,7 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError
 
 from conftest import FIXTURES, pcm16
-from loquilex_nb.config import ASR_KEYS
+from loquilex_nb.core.config import ASR_KEYS
 
 SHORT = pcm16(FIXTURES / "short.wav")
 EXAMPLES = int(os.environ.get("LOQUILEX_FUZZ_EXAMPLES", "60"))  # raise it for a deeper hunt

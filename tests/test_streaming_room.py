@@ -10,11 +10,11 @@ import pytest
 import webvtt
 
 import loquilex_nb as lx
-from loquilex_nb.audio import iter_file_chunks
-from loquilex_nb.config import build_asr_config
-from loquilex_nb.decoder import WhisperDecoder
-from loquilex_nb.events import revised
-from loquilex_nb.streaming import StreamingRecognizer
+from loquilex_nb.core.audio import iter_file_chunks
+from loquilex_nb.core.config import build_asr_config
+from loquilex_nb.worker.decoder import WhisperDecoder
+from loquilex_nb.core.events import revised
+from loquilex_nb.worker.streaming import StreamingRecognizer
 
 from conftest import FIXTURES, wer
 

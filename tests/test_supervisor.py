@@ -9,8 +9,9 @@ import psutil
 import pytest
 
 import loquilex_nb as lx
-from loquilex_nb.api import build_config
-from loquilex_nb.supervisor import SessionLimitError, Supervisor
+from loquilex_nb.core.config import build_config
+from loquilex_nb.core.errors import SessionLimitError
+from loquilex_nb.supervisor.supervisor import Supervisor
 
 from conftest import FIXTURES, gone, wait_state, wait_until
 
@@ -151,7 +152,7 @@ async def test_malformed_pcm_gets_error_event_and_session_continues(output_root)
 
 
 async def test_feed_after_end_raises(output_root):
-    from loquilex_nb.session import SessionEnded
+    from loquilex_nb.core.errors import SessionEnded
 
     sup = Supervisor()
     session = await sup.create(push_config(output_root))
@@ -165,7 +166,7 @@ async def test_start_stop_cycles_leave_no_growth(output_root):
     """40 start/stop cycles (four at a time), 30 of them full: each waits for `running`
     (model loaded) before its stop; every fourth stops while starting. The process's
     threads, fds, sockets and children are back where they were."""
-    from loquilex_nb.resources import process_counters
+    from loquilex_nb.core.resources import process_counters
 
     sup = Supervisor(max_sessions=4)
 

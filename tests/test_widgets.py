@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("ipywidgets")
 
 import loquilex_nb as lx
-from loquilex_nb.resources import process_counters
-from loquilex_nb.widgets import CaptionView, ResourceMonitor
+from loquilex_nb.core.resources import process_counters
+from loquilex_nb.ui.widgets import CaptionView, ResourceMonitor
 
 from conftest import FIXTURES, gone, pcm16
 
@@ -255,7 +255,7 @@ def test_caption_view_of_a_failed_session_shows_why(tmp_path):
 
 def test_an_open_monitor_does_not_hold_up_interpreter_exit(tmp_path):
     code = (
-        "from loquilex_nb.widgets import ResourceMonitor, CaptionView\n"
+        "from loquilex_nb.ui.widgets import ResourceMonitor, CaptionView\n"
         "m = ResourceMonitor(interval=0.05)\n"
         "print(m.thread.name, flush=True)\n"
     )
@@ -271,7 +271,7 @@ def jp_server_config():
 
 
 async def test_monitor_shows_the_server_and_its_sessions(jp_serverapp, jp_fetch, jp_root_dir):  # jp_fetch: serve HTTP
-    from loquilex_nb.client import RemoteBackend
+    from loquilex_nb.remote.client import RemoteBackend
 
     url = jp_serverapp.connection_url.replace("localhost", "127.0.0.1")
     token = jp_serverapp.identity_provider.token
@@ -296,9 +296,9 @@ async def test_monitor_shows_the_server_and_its_sessions(jp_serverapp, jp_fetch,
     finally:
         await asyncio.to_thread(m.close)
     # "auto" follows lx.connect (and a kernel's own server)
-    from loquilex_nb import client
+    from loquilex_nb import backends
 
-    backend = client.connect(url, token, check=False)
+    backend = backends.connect(url, token, check=False)
     try:
         auto = await asyncio.to_thread(ResourceMonitor, server="auto", interval=3600)
         try:
@@ -306,12 +306,12 @@ async def test_monitor_shows_the_server_and_its_sessions(jp_serverapp, jp_fetch,
         finally:
             await asyncio.to_thread(auto.close)
     finally:
-        client._reset()
+        backends._reset()
 
 
 async def test_monitor_lists_this_kernels_server_sessions_by_notebook_name(jp_serverapp, jp_fetch, jp_root_dir):
     """In server mode "sessions of this kernel" are the server's sessions it owns, named by notebook."""
-    from loquilex_nb.client import RemoteBackend
+    from loquilex_nb.remote.client import RemoteBackend
 
     url = jp_serverapp.connection_url.replace("localhost", "127.0.0.1")
     token = jp_serverapp.identity_provider.token

@@ -333,7 +333,7 @@ class FileFeeder(threading.Thread):
         return True
 
     def run(self) -> None:
-        from .audio import AudioError, iter_file_chunks
+        from ..core.audio import AudioError, iter_file_chunks
 
         start = time.monotonic()
         played = 0.0
@@ -444,7 +444,7 @@ def main() -> int:
     code = 0
     try:
         from .captions import CaptionWriter
-        from .config import AsrConfig
+        from ..core.config import AsrConfig
         from .decoder import WhisperDecoder
         from .streaming import StreamingRecognizer
 
@@ -548,7 +548,7 @@ class DropReporter:
 
 
 def run_loop(rec, backlog: Backlog, quick, stopping, stop_source, emit, kind: str, stop_budget: float = STOP_BUDGET_S, stop_signal_at=lambda: None) -> Exit:
-    from .audio import AudioError, pcm_to_float32
+    from ..core.audio import AudioError, pcm_to_float32
 
     report = DropReporter(backlog, emit)
     stop_seen: float | None = None
@@ -604,12 +604,3 @@ def run_loop(rec, backlog: Backlog, quick, stopping, stop_source, emit, kind: st
         else:
             emit("error", data={"code": "bad-control", "detail": f"unknown control op {op!r}"})
         rec.tick(backlogged=backlog.qsize() > 1)
-
-
-if __name__ == "__main__":
-    status = main()
-    # every thread is joined and every file closed by now: skip the interpreter's teardown
-    # (unloading the ASR stack can take seconds on a loaded machine, and the stop grace counts)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from .agreement import inside, join, norm, same_text
-from .config import SAMPLE_RATE
+from .agreement import inside, join, norm, same_text, timed
+from ..core.config import SAMPLE_RATE
 
 REVISE_RIGHT_S = 3.0  # later audio a revision waits for
 REVISE_LEFT_S = 6.0  # earlier audio it decodes with
@@ -72,10 +72,9 @@ class Revisions:
         hi = min(rec.total, p.end + int(REVISE_RIGHT_S * SAMPLE_RATE))
         if hi <= p.start:
             return
-        from .streaming import _timed  # the one word-time conversion
 
         hyp = rec._decode_span(lo, hi, prompt, words=True)
-        words = inside(_timed(hyp.words, lo), p.start, p.end, slack=int(0.1 * SAMPLE_RATE))
+        words = inside(timed(hyp.words, lo), p.start, p.end, slack=int(0.1 * SAMPLE_RATE))
         new = join(words)
         old_n, new_n = len(p.text.split()), len(new.split())
         # a revision only improves: an empty or wildly different decode is a glitch, not a fix

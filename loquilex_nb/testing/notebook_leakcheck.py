@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 
 from .leakcheck import Leak, LeakError
-from .resources import fd_targets
+from ..core.resources import fd_targets
 
 __all__ = ["KERNEL_ALLOWANCE", "compare", "kernel_snapshot", "snapshot"]
 

@@ -9,16 +9,13 @@ import uuid
 from collections import OrderedDict
 from typing import Iterable
 
-from .config import SessionConfig
+from ..core.errors import SessionLimitError
+from ..core.config import SessionConfig
 from .session import Session
 
 log = logging.getLogger("loquilex_nb")
 
 ENDED_KEPT = 64
-
-
-class SessionLimitError(RuntimeError):
-    """Too many sessions are running; stop one first."""
 
 
 class Supervisor:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import SAMPLE_RATE, AsrConfig
+from ..core.config import SAMPLE_RATE, AsrConfig
 
 FULL_WINDOW_S = 30
 MIN_WINDOW_S = 4

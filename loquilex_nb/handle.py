@@ -3,108 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import os
 import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
-from .audio import to_pcm_bytes
-from .config import SessionConfig, build_asr_config, default_output_root, parse_formats
-from .events import EndReason, Event, revised
-from .paths import ensure_dir_under, resolve_under
-from .resources import process_counters, worker_figures
-from .runtime import RUNTIME, wait_future
+from .backends import EMBEDDED, default_backend
+from .core.config import SessionConfig
+from .core.audio import to_pcm_bytes
+from .core.events import EndReason, Event, revised
+from .core.resources import process_counters, worker_figures
+from .core.sources import MicSource, PushSource
+from .supervisor.runtime import RUNTIME, wait_future
 
 POLL = 0.25
-
-
-class PushSource:
-    """Audio you feed yourself: `s.feed(int16 bytes or NumPy array)`, 16 kHz mono."""
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": "push"}
-
-
-class MicSource:
-    """The default (or given) microphone, via the optional `sounddevice` package."""
-
-    def __init__(self, device: int | str | None = None) -> None:
-        self.device = device
-
-    def describe(self) -> dict[str, Any]:
-        if importlib.util.find_spec("sounddevice") is None:
-            raise ValueError("microphone input needs the optional 'sounddevice' package: pip install 'loquilex-nb[mic]'")
-        return {"kind": "mic", "device": self.device}
-
-
-def describe_source(source: Any, realtime: bool) -> dict[str, Any]:
-    if isinstance(source, (PushSource, MicSource)):
-        return source.describe()
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise ValueError(f"audio file {str(source)!r} does not exist")
-        if not path.is_file():
-            raise ValueError(f"audio source {str(source)!r} is not a file")
-        if not os.access(path, os.R_OK):
-            raise ValueError(f"audio file {str(source)!r} is not readable")
-        return {"kind": "file", "path": str(path.resolve()), "realtime": bool(realtime)}
-    raise ValueError(f"source must be a file path, lx.PushSource() or lx.MicSource(), got {type(source).__name__}")
-
-
-def build_config(
-    source: Any,
-    *,
-    sid: str,
-    realtime: bool = True,
-    out: str | None = None,
-    output_root: str | os.PathLike | None = None,
-    formats: Any = ("vtt", "srt", "txt"),
-    final_lines: int = 50,
-    owner: str | None = None,
-    **asr_options: Any,
-) -> SessionConfig:
-    """Validate every argument; raises ValueError before any process starts."""
-    if not isinstance(realtime, bool):
-        raise ValueError(f"realtime must be True or False, got {realtime!r}")
-    if isinstance(final_lines, bool) or not isinstance(final_lines, int) or final_lines < 1:
-        raise ValueError(f"final_lines must be a whole number >= 1, got {final_lines!r}")
-    src = describe_source(source, realtime)
-    asr = build_asr_config(asr_options)
-    fmts = parse_formats(formats)
-    root = Path(output_root) if output_root is not None else default_output_root()
-    name = out if out is not None else sid
-    resolve_under(root, name)  # reject an escaping name before creating anything
-    root.mkdir(parents=True, exist_ok=True)
-    out_dir = ensure_dir_under(root, name)
-    return SessionConfig(source=src, out_dir=str(out_dir), asr=asr, formats=fmts, final_lines=final_lines, owner=owner)
-
-
-class EmbeddedBackend:
-    """Sessions run by this process's own supervisor (on the private loop thread)."""
-
-    name = "embedded"
-
-    def prepare(self, source: Any, sid: str, options: dict[str, Any]) -> SessionConfig:
-        return build_config(source, sid=sid, **options)
-
-    async def create(self, prepared: SessionConfig, sid: str):
-        sup = RUNTIME.supervisor
-        assert sup is not None
-        return await sup.create(prepared, sid=sid)
-
-
-EMBEDDED = EmbeddedBackend()
-
-
-def default_backend():
-    """The server this kernel belongs to, if it runs the extension (or `lx.connect`ed), else embedded."""
-    try:
-        from .client import current_backend
-    except ImportError:
-        return EMBEDDED
-    return current_backend() or EMBEDDED
 
 
 class Session:
@@ -287,7 +198,7 @@ class Session:
 
     def widget(self, **options: Any):
         """A live caption view of this session (needs ipywidgets): status, partial, finals, latency."""
-        from .widgets import CaptionView
+        from .ui.widgets import CaptionView
 
         return CaptionView(self, **options)
 

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .paths import ensure_dir_under, resolve_under
+from .sources import describe_source
+
 FORMATS = ("vtt", "srt", "txt")
 SAMPLE_RATE = 16000
 MAX_FINAL_LINES = 10000
@@ -163,3 +166,31 @@ def build_asr_config(options: Mapping[str, Any]) -> AsrConfig:
     cfg = AsrConfig(**values)
     cfg.validate()
     return cfg
+
+
+def build_config(
+    source: Any,
+    *,
+    sid: str,
+    realtime: bool = True,
+    out: str | None = None,
+    output_root: str | os.PathLike | None = None,
+    formats: Any = ("vtt", "srt", "txt"),
+    final_lines: int = 50,
+    owner: str | None = None,
+    **asr_options: Any,
+) -> SessionConfig:
+    """Validate every argument; raises ValueError before any process starts."""
+    if not isinstance(realtime, bool):
+        raise ValueError(f"realtime must be True or False, got {realtime!r}")
+    if isinstance(final_lines, bool) or not isinstance(final_lines, int) or final_lines < 1:
+        raise ValueError(f"final_lines must be a whole number >= 1, got {final_lines!r}")
+    src = describe_source(source, realtime)
+    asr = build_asr_config(asr_options)
+    fmts = parse_formats(formats)
+    root = Path(output_root) if output_root is not None else default_output_root()
+    name = out if out is not None else sid
+    resolve_under(root, name)  # reject an escaping name before creating anything
+    root.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_dir_under(root, name)
+    return SessionConfig(source=src, out_dir=str(out_dir), asr=asr, formats=fmts, final_lines=final_lines, owner=owner)

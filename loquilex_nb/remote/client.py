@@ -24,11 +24,10 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from . import discovery
-from .api import MicSource, PushSource
-from .config import FORMATS, parse_formats
-from .events import EVENT_TYPES, STATES, EndReason, Event
-from .session import SessionEnded
-from .supervisor import SessionLimitError
+from ..core.config import FORMATS, parse_formats
+from ..core.errors import SessionEnded, SessionLimitError
+from ..core.events import EVENT_TYPES, STATES, EndReason, Event
+from ..core.sources import MicSource, PushSource, describe_source
 
 log = logging.getLogger("loquilex_nb")
 
@@ -88,8 +87,7 @@ def f32le_to_s16le(data: bytes) -> bytes:
 
 def _readable_audio(raw: str) -> str:
     """The absolute path of an audio file this process can open; ValueError before any process starts."""
-    from .api import describe_source
-    from .audio import AudioError, iter_file_chunks
+    from ..core.audio import AudioError, iter_file_chunks
 
     path = describe_source(raw, True)["path"]
     chunks = iter_file_chunks(path, FILE_CHUNK)
@@ -633,7 +631,7 @@ class RemoteSessionCore:
         self._feeder = asyncio.create_task(self._feed_file(path, realtime), name=f"loquilex-remote-file-{self.id}")
 
     async def _feed_file(self, path: str, realtime: bool) -> None:
-        from .audio import iter_file_chunks
+        from ..core.audio import iter_file_chunks
 
         loop = asyncio.get_running_loop()
         start, sent = loop.time(), 0.0
@@ -763,64 +761,3 @@ def _close_if_connected(fut: asyncio.Future) -> None:
 
 
 # -- choosing the backend --------------------------------------------------------------------
-_AUTO = object()
-_lock = threading.Lock()
-_choice: Any = _AUTO  # set by connect(): a RemoteBackend, or None for embedded
-_detected: Any = _AUTO
-
-
-def _backend_for(url: str, token: str | None, root_dir: Any) -> RemoteBackend:
-    info = discovery.server_for_url(url) or {}
-    parent = discovery.parent_server_pid()
-    # a kernel id only means something to the server that runs that kernel
-    kid = discovery.kernel_id() if info and info.get("pid") == parent else None
-    return RemoteBackend(url, token or info.get("token"), kernel_id=kid, root_dir=root_dir or info.get("root_dir"))
-
-
-def connect(url: str | None, token: str | None = None, *, root_dir: str | os.PathLike | None = None, check: bool = True) -> RemoteBackend | None:
-    """Make the Jupyter server at `url` run this process's `lx.session(...)`s; None: embedded.
-
-    A local server's token and root_dir are read from its runtime file when not given.
-    With `check`, the extension must answer first (a blocking request of at most 2 s).
-    """
-    global _choice
-    if url is None:
-        with _lock:
-            _choice = None
-        return None
-    backend = _backend_for(url, token, root_dir)
-    if check and not discovery.has_extension(backend.url, backend.token):
-        raise ConnectionError(f"no loquilex server extension answers at {backend.url}")
-    with _lock:
-        _choice = backend
-    return backend
-
-
-def current_backend() -> RemoteBackend | None:
-    """The `connect`ed server, else (detected once) the server running this kernel, else None."""
-    global _detected
-    with _lock:
-        if _choice is not _AUTO:
-            return _choice
-        if discovery.mode_forced_embedded():
-            return None
-        if _detected is _AUTO:
-            _detected = _detect()
-        return _detected
-
-
-def _detect() -> RemoteBackend | None:
-    kid = discovery.kernel_id()
-    if kid is None:
-        return None  # a script started from a notebook has no kernel to own its sessions
-    info = discovery.find_server()
-    if info is None:
-        return None
-    return RemoteBackend(info["url"], info.get("token"), kernel_id=kid, root_dir=info.get("root_dir"))
-
-
-def _reset() -> None:
-    """Back to auto-detection, forgetting the cached result (tests)."""
-    global _choice, _detected
-    with _lock:
-        _choice = _detected = _AUTO

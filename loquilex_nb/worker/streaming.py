@@ -22,8 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-from .config import SAMPLE_RATE, AsrConfig
-from .agreement import SENTENCE_END, TimedWord, agreed_prefix, commit_point, inside, join
+from ..core.config import SAMPLE_RATE, AsrConfig
+from .agreement import SENTENCE_END, TimedWord, agreed_prefix, commit_point, inside, join, timed
 from .decoder import Hypothesis, Word
 from .revisions import Revisions
 from .vad import EnergyVad
@@ -181,7 +181,7 @@ class StreamingRecognizer:
         if not hyp.words:
             kept = [TimedWord(hyp.text, start, max(start, end))] if hyp.text and lo >= start - PAD else []
         else:
-            kept = inside(_timed(hyp.words, lo), start, slack=CUT_SLACK)
+            kept = inside(timed(hyp.words, lo), start, slack=CUT_SLACK)
         if not kept and lo < start - PAD:
             # the context swallowed the utterance: a repeat of the sentence before it ("yes.
             # yes.") is trimmed as a decoder loop. Without context it stands alone.
@@ -346,13 +346,6 @@ class StreamingRecognizer:
         if drop > SAMPLE_RATE:
             self.buf = self.buf[drop:]
             self.buf_start += drop
-
-
-def _timed(words: list[Word], lo: int) -> list[TimedWord]:
-    return [
-        TimedWord(w.word.strip(), lo + int(w.start * SAMPLE_RATE), lo + int(w.end * SAMPLE_RATE), w.probability)
-        for w in words
-    ]
 
 
 def _sec(samples: int) -> float:

@@ -9,6 +9,9 @@ streaming.py). Pure functions over absolute-timed words, so they are tested with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Iterable
+
+from ..core.config import SAMPLE_RATE
 
 SENTENCE_END = (".", "?", "!")
 
@@ -74,3 +77,11 @@ def join(words: list[TimedWord]) -> str:
 
 def same_text(a: str, b: str) -> bool:
     return [norm(x) for x in a.split() if norm(x)] == [norm(x) for x in b.split() if norm(x)]
+
+
+def timed(words: Iterable[Any], lo: int) -> list[TimedWord]:
+    """Decoder words (seconds from the window start `lo`) on the stream's sample clock: the one conversion."""
+    return [
+        TimedWord(w.word.strip(), lo + int(w.start * SAMPLE_RATE), lo + int(w.end * SAMPLE_RATE), w.probability)
+        for w in words
+    ]

@@ -26,9 +26,9 @@ try:
 except ImportError as exc:  # the `lab` extra
     raise ImportError("loquilex_nb.widgets needs ipywidgets: pip install 'loquilex-nb[lab]'") from exc
 
-from .events import EndReason, Event, revised
-from .resources import process_counters, worker_figures
-from .runtime import RUNTIME
+from ..core.events import EndReason, Event, revised
+from ..core.resources import process_counters, worker_figures
+from ..supervisor.runtime import RUNTIME
 
 __all__ = ["CaptionView", "ResourceMonitor", "close_all"]
 
@@ -192,11 +192,12 @@ def _resolve_server(server: Any) -> Any:
     if server is None:
         return None
     if isinstance(server, str):
-        from .client import RemoteBackend, current_backend
+        from ..backends import current_backend
+        from ..remote.client import RemoteBackend
 
         return current_backend() if server == "auto" else RemoteBackend(server, None)
     if isinstance(server, (tuple, list)) and len(server) == 2:
-        from .client import RemoteBackend
+        from ..remote.client import RemoteBackend
 
         url, token = server
         return RemoteBackend(url, token)

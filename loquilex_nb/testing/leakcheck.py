@@ -35,7 +35,7 @@ from typing import Any
 
 import psutil
 
-from .resources import fd_targets, loop_tasks
+from ..core.resources import fd_targets, loop_tasks
 from .subreaper import reap_adopted
 
 __all__ = [

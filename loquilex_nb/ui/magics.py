@@ -18,8 +18,8 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from . import api
-from .runtime import RUNTIME
+from .. import handle as api
+from ..supervisor.runtime import RUNTIME
 
 USAGE = "%lx sessions | %lx stop <id>|all | %lx resources | %lx monitor [interval]"
 RUNNING = ("starting", "running", "stopping")

@@ -17,8 +17,9 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from .config import SessionConfig
-from .events import EndReason, Event
+from ..core.errors import SessionEnded
+from ..core.config import SessionConfig
+from ..core.events import EndReason, Event
 
 log = logging.getLogger("loquilex_nb")
 
@@ -28,10 +29,6 @@ KILL_WAIT = 5.0
 STARTUP_ALLOWANCE = 10.0
 KILL_RESERVE = 1.0  # of a stop deadline, kept for SIGKILL and the reap
 STOP_RESERVE = 1.0  # of the grace, kept for a decode under way and the exit after a stop
-
-
-class SessionEnded(RuntimeError):
-    """The session's worker is gone; it cannot take more audio or commands."""
 
 
 class Session:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import SAMPLE_RATE
+from ..core.config import SAMPLE_RATE
 
 FRAME = 480  # 30 ms at 16 kHz
 NOISE_MARGIN_DB = 12.0

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from .resources import ProcessCounters, process_counters
+from ..core.resources import ProcessCounters, process_counters
 
 __all__ = ["Baseline", "frontend_resources", "kernel_counters"]
 
