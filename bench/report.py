@@ -473,12 +473,13 @@ def readme_figures(r: dict) -> str:
     m = r["machine"]
     commit = m.get("commit") or "unknown"
     dirty = m.get("dirty", commit.endswith("-dirty"))
-    load = m["loadavg_start"][0]
+    start, end = m["loadavg_start"][0], m["loadavg_end"][0]
+    load = max(start, end)
     lines = [
         README_START,
         f"From the last full `make bench` ({m['date'][:10]}, commit `{commit.removesuffix('-dirty')}`"
         + (", **run on a tree with uncommitted changes**" if dirty else "")
-        + f"; {m['nproc']} CPUs, load average {load} at start"
+        + f"; {m['nproc']} CPUs, load average {start} at start, {end} at the end"
         + (": **taken under load**, wall-clock figures are inflated" if load >= m["nproc"] * 0.5 else "")
         + "). Details, references and every sample: [docs/BENCHMARKS.md](docs/BENCHMARKS.md).",
         "",
