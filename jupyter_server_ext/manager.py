@@ -116,6 +116,7 @@ class SessionManager:
         self.stop_on_kernel_restart = stop_on_kernel_restart
         self._owner_pids: dict[str, int | None] = {}
         self._sweeper: asyncio.Task | None = None
+        self.sweeps = 0
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
 
@@ -366,6 +367,7 @@ class SessionManager:
                 await self.sweep_once()
             except Exception:
                 log.exception("loquilex sweep failed")
+            self.sweeps += 1  # lets a test wait for "N sweeps passed" instead of guessing a time
 
 
 def _alive(pid: int) -> bool:
