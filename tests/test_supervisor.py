@@ -41,6 +41,32 @@ async def test_polite_stop_is_clean_and_reaped(output_root):
     await sup.shutdown()
 
 
+def wakeups(pid: int) -> int:
+    """Context switches of every thread of the process so far (a thread that sleeps on a
+    timer adds one each time it wakes)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/status") as f:
+            total += sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+    return total
+
+
+async def test_an_idle_worker_sleeps_until_something_arrives(output_root):
+    """No timer wakes an idle worker (it used to poll its queue every 50 ms and its signal
+    pipe every 100 ms: 30 wake-ups a second); it still answers a stop at once."""
+    sup = Supervisor(grace=10.0)
+    session = await sup.create(push_config(output_root))
+    await wait_state(session, "running")
+    await asyncio.sleep(0.5)  # the start-up's last writes settle
+    before = wakeups(session.pid)
+    await asyncio.sleep(2.0)
+    woke = wakeups(session.pid) - before
+    assert woke <= 4, f"an idle worker woke {woke} times in 2 s"
+    end = await sup.stop(session.id)
+    assert end.kind == "clean"
+    await sup.shutdown()
+
+
 async def test_worker_deaf_to_stop_gets_sigterm_after_grace(output_root):
     """Its main thread is stuck in native code: only the worker's signal watcher sees the SIGTERM,
     and it leaves once the main thread overruns its exit deadline (it cannot finish the session)."""
