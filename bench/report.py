@@ -533,7 +533,7 @@ def render_markdown(r: dict) -> str:
             "`status running`, then time `s.stop()`: the polite `stop` on the control pipe, the worker finalizes (nothing "
             "was fed) and exits, the supervisor reaps it and its reader tasks drain.",
             f"- **ours, ignores SIGTERM**: a `Supervisor(grace={g['grace_s']:g}, term_grace={g['term_grace_s']:g})` on its own asyncio loop, "
-            "worker started with `LOQUILEX_WORKER_FAULT=hang,ignore-sigterm` (deaf after `running`, SIGTERM ignored); time "
+            "worker `python -m loquilex_nb.testing.faulty_worker hang,ignore-sigterm` (its main thread stuck in a native call from `running` on, SIGTERM ignored); time "
             "`await session.stop()` (ends `killed`). Its wall time is set by the two graces (3 + 2 s by default); what the "
             "supervisor adds is the time beyond them, compared with `shutdown_kernel(now=True)` (also SIGKILL + reap).",
             "- **jupyter_client**: `KernelManager(kernel_name='python3')`, `start_kernel()`, a client's `wait_for_ready()`, "
