@@ -35,16 +35,6 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _remote(method: str, path: str) -> Any:
-    """One request to the server backend, made on the private loop (started just for it)."""
-    backend = api.default_backend()
-    RUNTIME.acquire()
-    try:
-        return api.wait_future(RUNTIME.submit(backend.request(method, path)))
-    finally:
-        RUNTIME.release()
-
-
 def format_sessions(sessions: list[dict[str, Any]]) -> str:
     if not sessions:
         return "no running sessions"
@@ -140,7 +130,7 @@ class LoquilexMagics(Magics):
             return
         sid = matches[0]["id"]
         if api._server_mode():
-            info = _remote("DELETE", f"sessions/{sid}")
+            info = api.server_request("DELETE", f"sessions/{sid}")
             end = (info or {}).get("end") if isinstance(info, dict) else None
         else:
             if RUNTIME.supervisor is None:
