@@ -448,6 +448,22 @@ async def test_push_session_through_the_socket(tmp_path):
         assert fake.deletes == 0, "a socket stop needs no DELETE"
 
 
+async def test_the_client_takes_every_state_the_server_sends(tmp_path):
+    # README: starting → running → (stopping) → finished → stopped | failed; `finished` is the
+    # worker's own report, relayed by the server like the rest
+    async with fake_server(tmp_path) as fake:
+        s = lx.session(lx.PushSource(), backend=backend_for(fake))
+        async with s as a:
+            for state in ("stopping", "finished"):
+                fake.emit("status", data={"state": state, "reason": "stop"})
+                await until(lambda: s.status == state)
+            await a.stop()
+            events = [e async for e in a]
+        assert s.status == "stopped"
+        states = [e.data["state"] for e in events if e.type == "status"]
+        assert states == ["starting", "running", "stopping", "finished", "stopped"]
+
+
 async def test_drops_are_invisible_to_the_handle(tmp_path):
     async with fake_server(tmp_path) as fake:
         s = lx.session(lx.PushSource(), backend=backend_for(fake))

@@ -191,6 +191,35 @@ def test_caption_view_close_is_prompt_on_an_idle_session(tmp_path):
         view.close()
 
 
+def test_caption_view_wakes_on_events_not_on_a_timer(tmp_path, monkeypatch):
+    from loquilex_nb.supervisor.session import Session as SupervisedSession
+
+    waits = []
+    real = SupervisedSession.next_events
+
+    async def counted(self, seq, timeout=None):
+        waits.append(seq)
+        return await real(self, seq, timeout)
+
+    monkeypatch.setattr(SupervisedSession, "next_events", counted)
+    with lx.session(lx.PushSource(), output_root=tmp_path) as s:
+        view = CaptionView(s)
+        try:
+            deadline = time.monotonic() + 120
+            while view.state != "running":
+                assert time.monotonic() < deadline, "the view never saw running"
+                time.sleep(0.02)
+            time.sleep(0.1)
+            before = len(waits)
+            time.sleep(1.5)  # an idle session: no events, so no reason to wake
+            assert len(waits) - before == 0, "the view polled the session"
+            s.stop()
+            assert view.wait(20) and view.state == "stopped"
+        finally:
+            view.close()
+    assert not view.thread.is_alive()
+
+
 def test_caption_view_of_a_session_not_started_yet(tmp_path):
     never = lx.session(lx.PushSource(), output_root=tmp_path)
     view = CaptionView(never)
