@@ -13,7 +13,6 @@ import webvtt
 import loquilex_nb as lx
 from loquilex_nb.core.events import STATES
 from loquilex_nb.supervisor.runtime import RUNTIME
-from loquilex_nb.supervisor.session import Session as SupervisedSession
 
 from conftest import FIXTURES, SAMPLE, assert_wer_near_batch, gone, pcm16
 
@@ -101,16 +100,9 @@ async def test_async_session(output_root):
     assert loop_threads() == []
 
 
-def test_events_wake_on_each_event_not_on_a_timer(output_root, monkeypatch):
+def test_events_wake_on_each_event_not_on_a_timer(output_root, event_waits):
     """An idle session costs its reader no wake-ups, and each event reaches it promptly."""
-    waits = []
-    real = SupervisedSession.next_events
-
-    async def counted(self, seq, timeout=None):
-        waits.append(seq)
-        return await real(self, seq, timeout)
-
-    monkeypatch.setattr(SupervisedSession, "next_events", counted)
+    waits = event_waits
     published: dict[int, float] = {}
     got: list[tuple[lx.Event, float]] = []
 

@@ -191,17 +191,8 @@ def test_caption_view_close_is_prompt_on_an_idle_session(tmp_path):
         view.close()
 
 
-def test_caption_view_wakes_on_events_not_on_a_timer(tmp_path, monkeypatch):
-    from loquilex_nb.supervisor.session import Session as SupervisedSession
-
-    waits = []
-    real = SupervisedSession.next_events
-
-    async def counted(self, seq, timeout=None):
-        waits.append(seq)
-        return await real(self, seq, timeout)
-
-    monkeypatch.setattr(SupervisedSession, "next_events", counted)
+def test_caption_view_wakes_on_events_not_on_a_timer(tmp_path, event_waits):
+    waits = event_waits
     with lx.session(lx.PushSource(), output_root=tmp_path) as s:
         view = CaptionView(s)
         try:

@@ -91,3 +91,39 @@ class EventLog:
         """`after(seq)`, waiting up to `timeout` for the first such event unless `ended()`."""
         await self.wait_until(lambda: self.last_seq > seq or ended(), timeout)
         return self.after(seq)
+
+
+class EventLogView:
+    """What a session core shows of its `eventlog` to the handle and the server (mixed in)."""
+
+    eventlog: EventLog
+
+    @property
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def seq(self) -> int:
+        return self.eventlog.last_seq
+
+    @property
+    def finals(self) -> list[Event]:
+        return self.eventlog.finals
+
+    @property
+    def revisions(self) -> list[Event]:
+        return self.eventlog.revisions
+
+    @property
+    def partial(self) -> Event | None:
+        return self.eventlog.partial
+
+    def subscribe(self, fn: Callable[[Event], None]) -> Callable[[], None]:
+        return self.eventlog.subscribe(fn)
+
+    def events_after(self, seq: int) -> tuple[list[Event], bool]:
+        return self.eventlog.after(seq)
+
+    async def next_events(self, seq: int, timeout: float | None = None) -> tuple[list[Event], bool]:
+        """Events after `seq`, waiting up to `timeout` for the first (none: until one, or the end)."""
+        return await self.eventlog.next_after(seq, timeout, lambda: not self.alive)

@@ -23,7 +23,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from ..core.config import FORMATS, parse_formats
 from ..core.errors import SessionEnded, SessionLimitError
-from ..core.eventlog import EventLog
+from ..core.eventlog import EventLog, EventLogView
 from ..core.events import EVENT_TYPES, STATES, EndReason, Event
 from ..core.sources import MicSource, PushSource, describe_source
 
@@ -255,8 +255,11 @@ class RemoteBackend:
 
 
 # -- session core ----------------------------------------------------------------------------
-class RemoteSessionCore:
-    """One server session seen through its WebSocket; lives on the private loop thread."""
+class RemoteSessionCore(EventLogView):
+    """One server session seen through its WebSocket; lives on the private loop thread.
+
+    Its `seq` is the last event held, not the wire position: a gap may skip seqs that never arrive.
+    """
 
     def __init__(self, backend: RemoteBackend, info: dict[str, Any], formats: Any = FORMATS) -> None:
         self.backend = backend
@@ -293,23 +296,6 @@ class RemoteSessionCore:
     @property
     def alive(self) -> bool:
         return not self._done.is_set()
-
-    @property
-    def seq(self) -> int:
-        # the last event held, not the wire position: a gap may skip seqs that never arrive
-        return self.eventlog.last_seq
-
-    @property
-    def finals(self) -> list[Event]:
-        return self.eventlog.finals
-
-    @property
-    def revisions(self) -> list[Event]:
-        return self.eventlog.revisions
-
-    @property
-    def partial(self) -> Event | None:
-        return self.eventlog.partial
 
     @property
     def outputs(self) -> dict[str, Path]:
@@ -406,9 +392,6 @@ class RemoteSessionCore:
         self.pid = info.get("pid", self.pid)
         if info.get("out_dir"):
             self._info = {**self._info, "out_dir": info["out_dir"]}
-
-    async def next_events(self, seq: int, timeout: float | None = None) -> tuple[list[Event], bool]:
-        return await self.eventlog.next_after(seq, timeout, self._done.is_set)
 
     # -- the socket ----------------------------------------------------------------------
     async def open(self) -> None:

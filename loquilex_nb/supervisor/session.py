@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from ..core.errors import SessionEnded
 from ..core.config import SessionConfig
-from ..core.eventlog import EventLog
+from ..core.eventlog import EventLog, EventLogView
 from ..core.events import EndReason, Event
 
 log = logging.getLogger("loquilex_nb")
@@ -32,7 +32,7 @@ KILL_RESERVE = 1.0  # of a stop deadline, kept for SIGKILL and the reap
 STOP_RESERVE = 1.0  # of the grace, kept for a decode under way and the exit after a stop
 
 
-class Session:
+class Session(EventLogView):
     def __init__(
         self,
         sid: str,
@@ -322,35 +322,9 @@ class Session:
             **fields,
         ))
 
-    # the event log's parts, under the names the server and the handle read
-    @property
-    def seq(self) -> int:
-        return self.eventlog.last_seq
-
     @property
     def log(self) -> deque[Event]:
         return self.eventlog.events
-
-    @property
-    def finals(self) -> list[Event]:
-        return self.eventlog.finals
-
-    @property
-    def revisions(self) -> list[Event]:
-        return self.eventlog.revisions
-
-    @property
-    def partial(self) -> Event | None:
-        return self.eventlog.partial
-
-    def subscribe(self, fn: Callable[[Event], None]) -> Callable[[], None]:
-        return self.eventlog.subscribe(fn)
-
-    def events_after(self, seq: int) -> tuple[list[Event], bool]:
-        return self.eventlog.after(seq)
-
-    async def next_events(self, seq: int, timeout: float | None = None) -> tuple[list[Event], bool]:
-        return await self.eventlog.next_after(seq, timeout, self._done.is_set)
 
     def info(self) -> dict[str, Any]:
         return {
