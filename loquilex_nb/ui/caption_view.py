@@ -22,8 +22,8 @@ class CaptionView(Updater, W.VBox):
     At most one updater thread: it follows the session's events until eos (or `close()`),
     woken by each event; a session that already ended is drawn at once from
     `session.finals` / `session.end`, with no thread. A session not started yet is followed
-    once it starts. `max_lines` finals are shown
-    (the newest); the box scrolls and stays at the bottom.
+    once it starts. `max_lines` finals are shown (the newest); the box scrolls and stays at
+    the bottom.
     """
 
     def __init__(self, session: Any, *, max_lines: int = 200, height: str = "16em") -> None:
