@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Coroutine, Iterator, TypeVar, Union
@@ -99,6 +100,7 @@ class Session:
         self._core = None
         self._acquired = False
         self._closed = False
+        self._settled: concurrent.futures.Future = concurrent.futures.Future()
 
     # -- the operations, once ------------------------------------------------------------
     async def _start(self, via: Via) -> None:
@@ -113,6 +115,7 @@ class Session:
                 await self._release(via)
                 raise
             self.id = self._core.id  # a server assigns its own id
+            self._settle()
 
     async def _started(self, via: Via) -> Any:
         """The running session behind this handle (after a close too), started first if need be."""
@@ -124,6 +127,7 @@ class Session:
         if self._closed:
             return self.end
         self._closed = True
+        self._settle()
         try:
             if self._core is not None:
                 await via.run(self._core.close(), shield=True)
@@ -132,6 +136,12 @@ class Session:
         finally:
             await self._release(via)  # on Ctrl-C / cancel too: a second close finds nothing to do
         return self.end
+
+    def _settle(self) -> None:
+        try:
+            self._settled.set_result(None)
+        except concurrent.futures.InvalidStateError:
+            pass  # started, then closed: settled once already
 
     async def _release(self, via: Via) -> None:
         if self._acquired:
@@ -216,6 +226,12 @@ class Session:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def settled(self) -> concurrent.futures.Future:
+        """Done once the session has started or was closed (before it ever started, maybe):
+        a reader waiting for the start waits on this, not on a timer."""
+        return self._settled
 
     @property
     def status(self) -> str:

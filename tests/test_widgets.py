@@ -234,6 +234,20 @@ def test_caption_view_of_a_session_not_started_yet(tmp_path):
         view.close()
 
 
+def test_caption_view_follows_a_session_once_it_starts(tmp_path):
+    later = lx.session(lx.PushSource(), output_root=tmp_path)
+    view = CaptionView(later)
+    try:
+        assert view.state == "created" and view.thread.is_alive()
+        with later:  # the start itself wakes the view: it never looks on a timer
+            later.stop()
+            assert view.wait(20), "the view did not follow the session it waited for"
+        assert view.state == "stopped" and "clean" in view.status_html.value
+    finally:
+        view.close()
+    assert not view.thread.is_alive()
+
+
 def test_caption_view_of_a_stopped_session_has_no_thread(tmp_path):
     with lx.session(lx.PushSource(), output_root=tmp_path) as s:
         s.feed(pcm16(FIXTURES / "short.wav"))

@@ -13,7 +13,11 @@ from .updater import Stopped, Updater, W
 
 log = logging.getLogger("loquilex_nb")
 
-SLICE = 0.1  # how often a view of a session not started yet looks again (and at its stop)
+
+
+def _set_unless_cancelled(fut: concurrent.futures.Future) -> None:
+    if fut.set_running_or_notify_cancel():  # False: close() cancelled it first
+        fut.set_result(None)
 
 
 class CaptionView(Updater, W.VBox):
@@ -82,15 +86,14 @@ class CaptionView(Updater, W.VBox):
         self._done.set()
 
     def _wait_for_start(self) -> bool:
-        """Wait for the session to start; False if it never will (closed first, or this view)."""
+        """Wait for the session to start; False if it never will (closed first)."""
         s = self.session
-        while not self._stop.is_set():
-            if s.started:
-                return True
-            if s.closed:
-                self._note = "closed before it started"
-                return False
-            self._stop.wait(SLICE)  # the handle signals no start: looked at only until then
+        mine: concurrent.futures.Future = concurrent.futures.Future()
+        s.settled.add_done_callback(lambda _f: _set_unless_cancelled(mine))
+        self._wait_for(mine)
+        if s.started:
+            return True
+        self._note = "closed before it started"
         return False
 
     def _run(self) -> None:

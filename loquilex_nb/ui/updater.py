@@ -148,7 +148,11 @@ class Updater:
 
         RuntimeError: the private loop is not running; CancelledError: it stopped meanwhile.
         """
-        fut = RUNTIME.submit(coro)
+        return self._wait_for(RUNTIME.submit(coro), timeout)
+
+    def _wait_for(self, fut: concurrent.futures.Future, timeout: float | None = None) -> Any:
+        """`fut`'s result; close() cancels it and the wait raises `Stopped`. Only this widget's
+        own futures: a shared one would be cancelled for everyone."""
         self._pending = fut
         try:
             if self._stop.is_set():  # close() came between the submit and the line above
