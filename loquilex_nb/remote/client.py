@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
@@ -21,6 +22,7 @@ import numpy as np
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from . import discovery
 from ..core.config import FORMATS, parse_formats
 from ..core.errors import SessionEnded, SessionLimitError
 from ..core.eventlog import EventLog, EventLogView
