@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Coroutine, Iterator, TypeVar, Union
 
 from .backends import EMBEDDED, default_backend
-from .core.config import SessionConfig
 from .core.audio import to_pcm_bytes
+from .core.config import SessionConfig
 from .core.events import EndReason, Event, revised
 from .core.resources import process_counters, worker_figures
 from .core.sources import MicSource, PushSource  # noqa: F401  (re-exported by the public face)
@@ -97,7 +97,7 @@ class Session:
         self.id = uuid.uuid4().hex[:12]
         self.backend = backend if backend is not None else default_backend()
         self.config = self.backend.prepare(source, self.id, options)
-        self._core = None
+        self._core: Any = None  # the backend's session: a supervisor Session or a RemoteSessionCore
         self._acquired = False
         self._closed = False
         self._settled: concurrent.futures.Future = concurrent.futures.Future()

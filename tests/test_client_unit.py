@@ -22,11 +22,10 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 import loquilex_nb as lx
 from loquilex_nb import backends
-from loquilex_nb.remote import client
-from loquilex_nb.remote import discovery
 from loquilex_nb.core.audio import pcm_to_float32
-from loquilex_nb.remote.client import RemoteBackend, end_from_dict, event_from_envelope, event_from_wire, f32le_to_s16le
 from loquilex_nb.core.events import EndReason, Event
+from loquilex_nb.remote import client, discovery
+from loquilex_nb.remote.client import RemoteBackend, end_from_dict, event_from_envelope, event_from_wire, f32le_to_s16le
 
 
 @pytest.fixture(autouse=True)
@@ -456,7 +455,7 @@ async def test_the_client_takes_every_state_the_server_sends(tmp_path):
         async with s as a:
             for state in ("stopping", "finished"):
                 fake.emit("status", data={"state": state, "reason": "stop"})
-                await until(lambda: s.status == state)
+                await until(lambda state=state: s.status == state)
             await a.stop()
             events = [e async for e in a]
         assert s.status == "stopped"

@@ -13,11 +13,11 @@ import pytest
 
 pytest.importorskip("ipywidgets")
 
+from conftest import FIXTURES, gone, pcm16
+
 import loquilex_nb as lx
 from loquilex_nb.core.resources import process_counters
 from loquilex_nb.ui.widgets import CaptionView, ResourceMonitor
-
-from conftest import FIXTURES, gone, pcm16
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ import concurrent.futures
 import logging
 import os
 import threading
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Callable, Coroutine, TypeVar
 
 from .supervisor import Supervisor
 
@@ -135,7 +135,7 @@ class Runtime:
     def acquire(self) -> None:
         with self._lock:
             if self._thread is None:
-                self.max_sessions  # a bad $LOQUILEX_MAX_SESSIONS fails here, before any thread
+                _ = self.max_sessions  # a bad $LOQUILEX_MAX_SESSIONS fails here, before any thread
                 self._start_locked()
             self._refs += 1
 
@@ -158,7 +158,7 @@ class Runtime:
         await asyncio.shield(asyncio.wrap_future(exited))
         thread.join()  # the thread has finished its last statement; this returns at once
 
-    def submit(self, coro: Awaitable[T]) -> concurrent.futures.Future:
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future:
         loop = self._loop
         if loop is None:
             close = getattr(coro, "close", None)
@@ -167,7 +167,7 @@ class Runtime:
             raise RuntimeError("the loquilex runtime is not running")
         return asyncio.run_coroutine_threadsafe(coro, loop)
 
-    def call(self, coro_fn: Callable[[Supervisor], Awaitable[T]], timeout: float | None = None) -> T:
+    def call(self, coro_fn: Callable[[Supervisor], Coroutine[Any, Any, T]], timeout: float | None = None) -> T:
         assert self._supervisor is not None
         return wait_future(self.submit(coro_fn(self._supervisor)), timeout)
 

@@ -17,8 +17,8 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from ..core.errors import SessionEnded
 from ..core.config import SessionConfig
+from ..core.errors import SessionEnded
 from ..core.eventlog import EventLog, EventLogView
 from ..core.events import EndReason, Event
 

@@ -109,7 +109,7 @@ class Updater:
     def close(self) -> None:
         """Stop and join the updater thread (promptly); the last rendering stays. Idempotent."""
         if "_stop" not in self.__dict__:  # __init__ failed early (ipywidgets' __del__ calls close)
-            return W.VBox.close(self)  # type: ignore[arg-type]
+            return W.VBox.close(self)
         self._stop_updater()
         self._draw_closed()
 
@@ -118,7 +118,7 @@ class Updater:
         self.close()
         for w in self.children:  # type: ignore[attr-defined]
             w.close()
-        W.VBox.close(self)  # type: ignore[arg-type]
+        W.VBox.close(self)
 
     def _draw_closed(self) -> None:
         """The rendering a closed widget keeps."""
