@@ -23,6 +23,7 @@ class _Blocking:
     """How the sync API reaches the private loop: it blocks this thread on each step."""
 
     async def run(self, coro: Coroutine[Any, Any, T], *, shield: bool = False) -> T:
+        # no task of the caller's to shield from: only Ctrl-C interrupts, and it should cancel
         return wait_future(RUNTIME.submit(coro))
 
     async def release(self) -> None:
