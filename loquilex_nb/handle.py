@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Coroutine, Iterator, TypeVar, Union
 
-from .backends import EMBEDDED, default_backend
+from .backends import EMBEDDED, SessionCore, default_backend
 from .core.audio import to_pcm_bytes
 from .core.config import SessionConfig
 from .core.events import EndReason, Event, revised
@@ -98,31 +98,33 @@ class Session:
         self.id = uuid.uuid4().hex[:12]
         self.backend = backend if backend is not None else default_backend()
         self.config = self.backend.prepare(source, self.id, options)
-        self._core: Any = None  # the backend's session: a supervisor Session or a RemoteSessionCore
+        self._core: SessionCore | None = None
         self._acquired = False
         self._closed = False
         self._settled: concurrent.futures.Future = concurrent.futures.Future()
 
     # -- the operations, once ------------------------------------------------------------
-    async def _start(self, via: Via) -> None:
+    async def _start(self, via: Via) -> SessionCore:
         if self._closed:
             raise RuntimeError(f"session {self.id} is closed")
         if self._core is None:
             RUNTIME.acquire()
             self._acquired = True
             try:
-                self._core = await via.run(self.backend.create(self.config, self.id))
+                core = await via.run(self.backend.create(self.config, self.id))
             except BaseException:
                 await self._release(via)
                 raise
-            self.id = self._core.id  # a server assigns its own id
+            self._core, self.id = core, core.id  # a server assigns its own id
             self._settle()
-
-    async def _started(self, via: Via) -> Any:
-        """The running session behind this handle (after a close too), started first if need be."""
-        if self._core is None:
-            await self._start(via)
+            return core
         return self._core
+
+    async def _started(self, via: Via) -> SessionCore:
+        """The running session behind this handle (after a close too), started first if need be."""
+        if self._core is not None:
+            return self._core
+        return await self._start(via)
 
     async def _close(self, via: Via) -> EndReason | None:
         if self._closed:
@@ -261,8 +263,9 @@ class Session:
 
     @property
     def outputs(self) -> dict[str, Path]:
-        if hasattr(self._core, "outputs"):
-            return self._core.outputs
+        remote: dict[str, Path] | None = getattr(self._core, "outputs", None)
+        if remote is not None:
+            return remote
         if not isinstance(self.config, SessionConfig):
             return {}  # server mode: the server names the folder when the session starts
         out = Path(self.config.out_dir)
