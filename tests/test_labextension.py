@@ -210,6 +210,162 @@ def test_permission_denied_shows_an_error_and_creates_nothing(tmp_path):
                 browser.close()
 
 
+def test_no_microphone_shows_an_error_and_creates_nothing(tmp_path):
+    with jupyter_lab(tmp_path) as lab:
+        with sync_playwright() as p:
+            # the permission is granted (fake UI) but there is no capture device: Chromium's
+            # audio input is switched off, as on a machine without a microphone
+            browser = launch_chromium(p, "--use-fake-ui-for-media-stream", "--disable-audio-input")
+            page = browser.new_page(viewport={"width": 1300, "height": 850})
+            try:
+                open_sidebar(page, lab)
+                page.click(f"{SIDEBAR} button.lx-mic")
+                error = page.locator(f"{PANEL} .lx-error[data-kind='no-microphone']")
+                error.wait_for(timeout=30_000)
+                assert "no microphone" in error.inner_text()
+                assert page.locator(PANEL).get_attribute("data-state") == "error"
+                page.screenshot(path=str(OUTPUT / "labext-no-microphone.png"))
+                assert lab.api("GET", "loquilex/api/sessions")["sessions"] == []
+                assert lab.api("GET", "loquilex/api/browser-sessions")["sessions"] == []
+            finally:
+                browser.close()
+
+
+def test_session_limit_shows_an_error_and_leaves_nothing_running(tmp_path):
+    wav = tmp_path / "mic.wav"
+    fake_mic_wav(FIXTURES / "short.wav", wav)
+    with jupyter_lab(tmp_path, "--LoquilexApp.max_sessions=1") as lab:
+        held = lab.api("POST", "loquilex/api/sessions", {"source": {"kind": "push"}})
+        with sync_playwright() as p:
+            browser = launch_chromium(p, *FAKE_MIC, f"--use-file-for-fake-audio-capture={wav}%noloop")
+            page = browser.new_page(viewport={"width": 1300, "height": 850})
+            try:
+                open_sidebar(page, lab)
+                page.wait_for_selector(row(page, held["id"]), timeout=30_000)
+                page.click(f"{SIDEBAR} button.lx-mic")
+                error = page.locator(f"{PANEL} .lx-error[data-kind='session-limit']")
+                error.wait_for(timeout=30_000)
+                assert "session limit" in error.inner_text()
+                panel = page.locator(PANEL)
+                assert panel.get_attribute("data-state") == "error" and not panel.get_attribute("data-sid")
+                page.screenshot(path=str(OUTPUT / "labext-session-limit.png"))
+                # nothing of the refused start runs: no session, no lease, no worker, and the
+                # only socket to the server's one session is the sidebar's
+                (only,) = lab.api("GET", "loquilex/api/sessions")["sessions"]
+                assert only["id"] == held["id"] and only["end"] is None
+                assert lab.api("GET", "loquilex/api/browser-sessions")["sessions"] == []
+                workers = [c for c in psutil.Process(lab.proc.pid).children() if c.pid != held["pid"]]
+                assert not [c for c in workers if "loquilex_nb.worker" in " ".join(c.cmdline())], workers
+                res = lab.api("GET", "loquilex/api/resources")
+                assert [(s["sid"], s["connections"]) for s in res["sessions"]] == [(held["id"], 1)]
+                # the panel holds no microphone: the same page can caption once the slot is free
+                lab.api("DELETE", f"loquilex/api/sessions/{held['id']}")
+                page.click(".lm-DockPanel-tabBar .lm-TabBar-tab:has-text('Microphone captions') .lm-TabBar-tabCloseIcon")
+                page.click(f"{SIDEBAR} button.lx-mic")
+                sid = wait_for(lambda: page.locator(PANEL).get_attribute("data-sid"), 30, "a session once the slot is free")
+                assert lab.api("GET", f"loquilex/api/sessions/{sid}")["source"] == {"kind": "push"}
+                proc = psutil.Process(worker_pid(lab, sid))
+                page.click(".lm-DockPanel-tabBar .lm-TabBar-tab:has-text('Microphone captions') .lm-TabBar-tabCloseIcon")
+                proc.wait(15)
+            finally:
+                browser.close()
+
+
+def server_counters(lab, reads: int = 6) -> dict:
+    """The server process's counters (GET loquilex/api/resources), the least of a few reads:
+    a request in flight (the sidebar polls every second) only adds to them."""
+    rows = []
+    for _ in range(reads):
+        res = lab.api("GET", "loquilex/api/resources")
+        srv = res["server"]
+        rows.append({
+            "threads": srv["threads"], "tasks": srv["tasks"], "children": len(srv["children"]),
+            "sockets": srv["sockets"], "other_fds": srv["fds"] - srv["sockets"],
+            "connections": sum(s["connections"] for s in res["sessions"]),
+        })
+        time.sleep(0.3)
+    return {k: min(r[k] for r in rows) for k in rows[0]}
+
+
+def python_watcher_cost(lab, sid: str) -> dict:
+    """What one WebSocket watching a session costs the server, measured with a plain client."""
+    import asyncio
+    import json
+
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    before = server_counters(lab)
+
+    async def watch() -> dict:
+        url = lab.url.replace("http", "ws", 1) + f"loquilex/api/sessions/{sid}/events"
+        ws = await websocket_connect(HTTPRequest(url, headers={"Authorization": f"token {lab.token}"}))
+        try:
+            await ws.write_message(json.dumps({"type": "hello"}))
+            assert json.loads(await ws.read_message())["type"] == "welcome"
+            return await asyncio.get_running_loop().run_in_executor(None, server_counters, lab)
+        finally:
+            ws.close()
+
+    during = asyncio.run(watch())
+    wait_for(lambda: server_counters(lab, 1)["connections"] == before["connections"], 10, "the plain client's socket to go")
+    return {k: during[k] - before[k] for k in before}
+
+
+def test_the_sidebar_holds_nothing_on_the_server_but_its_connections(tmp_path):
+    n = 3
+    with jupyter_lab(tmp_path) as lab:
+        with sync_playwright() as p:
+            browser = launch_chromium(p)
+            try:
+                # a first tab warms what JupyterLab itself starts once (thread pools, caches)
+                # and measures what a tab costs the server with no session to watch
+                page = browser.new_page(viewport={"width": 1300, "height": 850})
+                open_sidebar(page, lab)
+                time.sleep(3)
+                tab_only = server_counters(lab)
+                page.close()
+                time.sleep(3)
+                idle = server_counters(lab)
+                sids = [lab.api("POST", "loquilex/api/sessions", {"source": {"kind": "push"}})["id"] for _ in range(n)]
+                wait_for(lambda: all(lab.api("GET", f"loquilex/api/sessions/{s}")["state"] == "running" for s in sids), 120, "the workers to load")
+                one_ws = python_watcher_cost(lab, sids[0])
+                assert one_ws["connections"] == 1 and one_ws["threads"] == 0 and one_ws["children"] == 0, one_ws
+                sessions = server_counters(lab)
+
+                page = browser.new_page(viewport={"width": 1300, "height": 850})
+                open_sidebar(page, lab)
+                for sid in sids:
+                    page.wait_for_selector(row(page, sid), timeout=30_000)
+                res = wait_for(lambda: (r := lab.api("GET", "loquilex/api/resources")) and all(s["connections"] == 1 for s in r["sessions"]) and r,
+                               30, "one sidebar socket per session")
+                assert sorted(s["sid"] for s in res["sessions"]) == sorted(sids)
+                time.sleep(3)
+                watching = server_counters(lab)
+                page.screenshot(path=str(OUTPUT / "labext-sidebar-counters.png"))
+                page.close()
+                wait_for(lambda: server_counters(lab, 1)["connections"] == 0, 15, "the sidebar's sockets to close")
+                time.sleep(3)
+                after = server_counters(lab)
+            finally:
+                browser.close()
+        page_cost = {k: tab_only[k] - idle[k] for k in idle}
+        added = {k: watching[k] - sessions[k] - page_cost[k] for k in idle}
+        print(f"a tab: {page_cost}; one WebSocket: {one_ws}; the sidebar watching {n} sessions adds {added}")
+        # one socket per watched session, each costing what any client's socket costs ...
+        assert watching["connections"] - sessions["connections"] == n
+        assert added["tasks"] == n * one_ws["tasks"], (added, one_ws)
+        # ... and nothing else: no thread, no process, no file
+        assert added["threads"] == 0 and added["children"] == 0 and added["other_fds"] == 0, added
+        assert n <= added["sockets"] <= n * one_ws["sockets"] + 2, added  # + keep-alive HTTP of the polling
+        # all of it released when the tab closes
+        for key in ("threads", "tasks", "children", "other_fds", "connections"):
+            assert after[key] == sessions[key], (key, sessions, after)
+        assert after["sockets"] <= sessions["sockets"], (sessions, after)
+        for sid in sids:
+            lab.api("DELETE", f"loquilex/api/sessions/{sid}")
+
+
 def test_without_the_server_extension_both_views_say_so(tmp_path):
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "jupyter_server_config.json").write_text('{"ServerApp": {"jpserver_extensions": {"jupyter_server_ext": false}}}')
