@@ -80,7 +80,10 @@ def jupyter_lab(tmp_path: Path, *args: str, timeout: float = 90) -> Iterator[Lab
         [sys.executable, "-m", "jupyterlab", "--allow-root", "--no-browser", "--ip=127.0.0.1",
          f"--port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
          f"--ServerApp.root_dir={root}", "--LabApp.news_url=",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", *args],
+         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         # this checkout's committed build, ahead of the copy an install put in the venv (the
+         # first package.json of a name wins): the tests see the frontend they sit next to
+         f"--LabApp.extra_labextensions_path={REPO / 'jupyter_server_ext'}", *args],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     lab = Lab(f"http://127.0.0.1:{port}/", token, proc, root, tmp_path / "runtime")
