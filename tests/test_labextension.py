@@ -102,9 +102,7 @@ def test_caption_my_microphone_live_then_closing_the_tab_stops_it(tmp_path):
     OUTPUT.mkdir(parents=True, exist_ok=True)
     wav = tmp_path / "mic-44k-stereo.wav"
     # the fake device starts playing at getUserMedia, the capture 0.2-0.5 s later: a short extra
-    # lead-in leaves about the fixture's own 0.5 s of silence before the first word (with a
-    # second or more of digital silence first, live decoding - the Python client's too - often
-    # hears "But whether it's" for "The weather is")
+    # lead-in keeps about the fixture's own 0.5 s of silence before the first word
     audio_s = fake_mic_wav(FIXTURES / "speech.wav", wav, lead=0.25)
     reference = (FIXTURES / "speech.txt").read_text()
     batch = batch_wer(wav, reference, tmp_path)
@@ -128,8 +126,14 @@ def test_caption_my_microphone_live_then_closing_the_tab_stops_it(tmp_path):
                 assert time.monotonic() - t_click < audio_s - 5
                 page.wait_for_selector(f"{row(page, sid)}[data-owner='this browser']", timeout=10_000)
                 assert page.locator(row(page, sid)).get_attribute("data-kind") == "browser mic"
-                # let the whole file play (and its tail of silence end the last utterance)
-                wait_for(lambda: time.monotonic() - t_click > audio_s + 4, audio_s + 10, "the file to play")
+                # let the whole file play, then its tail of silence end the last utterance: its
+                # final is the one ending in the last 4.5 s (the 2 s tail, the fixture's own
+                # trailing silence, the capture's late start). On a loaded machine the worker
+                # lags a few seconds: wait for it rather than read at a fixed time.
+                wait_for(lambda: time.monotonic() - t_click > audio_s + 1, audio_s + 10, "the file to play")
+                ends = page.locator(f"{PANEL} li.lx-final")
+                wait_for(lambda: max(map(float, ends.evaluate_all("els => els.map(e => e.dataset.t1)")), default=0) >= audio_s - 4.5,
+                         30, "the final of the last utterance")
                 texts = [t.strip() for t in page.locator(f"{PANEL} li.lx-final .lx-text").all_inner_texts()]
                 live_wer = wer(reference, " ".join(texts))
                 lease = lab.api("GET", "loquilex/api/browser-sessions")["sessions"][0]
@@ -140,10 +144,13 @@ def test_caption_my_microphone_live_then_closing_the_tab_stops_it(tmp_path):
                 assert lease["connected"] and not lease["expired"]
                 print(f"live WER {live_wer:.3f} vs batch {batch:.3f}; {lease['pcm_frames']} frames, "
                       f"{lease['pcm_bytes']} bytes in {elapsed:.1f} s; finals: {texts}")
-                # Issue 12 asks for batch + 0.05; the live decoder does not meet it yet on this audio
-                # (its first utterance after leading silence, "The weather is" heard as "But
-                # whether it's", from Python as from the browser: the recogniser, not the browser
-                # path). The bound here still fails on garbled, resampled-wrong or lost audio.
+                # Issue 12 asks for batch + 0.05. Not met on this audio, and not by the browser
+                # path: tiny.en with greedy decoding hears the first sentence as "But whether it's
+                # sunny" (3 of the 56 words, +0.054) in any window under ~15 s of audio, whatever
+                # the lead-in; only batch's ~23 s window (or beam 5) hears "The weather is". Live
+                # decoding cannot wait for 15 s of audio, so it is right or wrong by chance
+                # (measured here: +0.0, +0.054, +0.071, +0.089; a loaded machine adds a word or
+                # two). The bound still fails on garbled, resampled-wrong or lost audio.
                 assert live_wer <= batch + 0.15, (texts, live_wer, batch)
                 page.screenshot(path=str(OUTPUT / "labext-mic-light.png"))
                 set_theme(page, dark=True)
@@ -177,7 +184,9 @@ def test_closing_the_panel_stops_the_session(tmp_path):
             try:
                 open_sidebar(page, lab)
                 page.keyboard.press("Control+Shift+C")  # the command palette: keyboard only
+                page.wait_for_selector(".lm-CommandPalette-input:focus", timeout=30_000)  # slow on a loaded machine
                 page.keyboard.type("Caption My Microphone")
+                page.wait_for_selector(".lm-CommandPalette-item.lm-mod-active:has-text('Caption My Microphone')", timeout=30_000)
                 page.keyboard.press("Enter")
                 sid = wait_for(lambda: page.locator(PANEL).get_attribute("data-sid"), 30, "a session")
                 page.wait_for_selector(f"{PANEL} li.lx-final", timeout=30_000)
