@@ -74,13 +74,22 @@ def jupyter_lab(tmp_path: Path, *args: str, timeout: float = 90) -> Iterator[Lab
     news = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
     news.mkdir(parents=True, exist_ok=True)
     (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no news toast
+    # this checkout's committed build, ahead of the copy an install put in the venv (the first
+    # package.json of a name wins; its files are served from <path>/<name>): the tests see the
+    # frontend they sit next to
+    labextensions = tmp_path / "labextensions"
+    labextensions.mkdir(exist_ok=True)
+    link = labextensions / "loquilex-labextension"
+    if not link.is_symlink():
+        link.symlink_to(REPO / "jupyter_server_ext" / "labextension", target_is_directory=True)
     port, token = free_port(), "labext-test-token"
     log = open(tmp_path / "lab.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--allow-root", "--no-browser", "--ip=127.0.0.1",
          f"--port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
          f"--ServerApp.root_dir={root}", "--LabApp.news_url=",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", *args],
+         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         f"--LabApp.extra_labextensions_path={labextensions}", *args],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     lab = Lab(f"http://127.0.0.1:{port}/", token, proc, root, tmp_path / "runtime")

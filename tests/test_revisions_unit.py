@@ -89,3 +89,25 @@ def test_caption_files_take_revisions_in_place(tmp_path):
     assert (tmp_path / "final.txt").read_text().splitlines() == ["TWO fixed", "three"]
     assert "TWO fixed" in (tmp_path / "captions.srt").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_decode_prompt_never_holds_the_text_of_its_own_audio_or_later():
+    """The prompt is the text before the decoded audio; with no earlier final near enough to
+    be left context (the first utterance, or one after a long pause) it must still stop
+    there: a revision's own final is already in the context, and a prompt repeating the audio
+    made Whisper skip it ("Please open" for a whole sentence and the next one)."""
+    from loquilex_nb.core.config import AsrConfig
+    from loquilex_nb.worker.streaming import StreamingRecognizer, Utterance
+
+    rec = StreamingRecognizer(None, AsrConfig(), lambda *a, **k: None, live=True)
+    for seg, (a, b, text) in enumerate([(1, 3, "one."), (10, 12, "two."), (13, 15, "three.")], 1):
+        assert rec._emit_final(Utterance(a * SR, b * SR, seg), text, [])
+    left = 6 * SR
+    # the first final: nothing was said before it
+    assert rec.context_at(1 * SR, left) == (0, "")
+    # no final within `left` before it: no audio context, and only the text before it
+    assert rec.context_at(10 * SR, left) == (9 * SR, "one.")
+    # the final before it is its left context: the prompt is the text before that one
+    assert rec.context_at(13 * SR, left) == (int(9.9 * SR), "one.")
+    # a new utterance after all of them: everything said is its prompt
+    assert rec.context_at(20 * SR, 0) == (19 * SR, "one. two. three.")

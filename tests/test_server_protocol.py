@@ -873,6 +873,17 @@ async def test_rest_surface(jp_serverapp, jp_fetch, jp_ws_fetch, speech, manager
         row = rows[info["id"]]
         assert {"sid", "pid", "owner", "rss", "fds", "cpu_user", "cpu_system", "cpu_percent"} <= set(row), row
         assert row["pid"] == info["pid"] and row["owner"] is None and row["rss"] > 0 and row["fds"] > 0
+        assert row["connections"] == 0
+    # a watcher is counted against its session (the sidebar's cost shows there), until it goes
+    ws = await jp_ws_fetch("loquilex", "api", "sessions", push["id"], "events")
+    try:
+        rows = {row["sid"]: row for row in json.loads((await jp_fetch("loquilex", "api", "resources")).body)["sessions"]}
+        assert rows[push["id"]]["connections"] == 1 and rows[filed["id"]]["connections"] == 0
+    finally:
+        ws.close()
+    await wait_for(lambda: push["id"] not in manager.hub.sockets, 10.0, "the server to forget the closed socket")
+    res = json.loads((await jp_fetch("loquilex", "api", "resources")).body)
+    assert [row["connections"] for row in res["sessions"]] == [0, 0]
 
     r = await jp_fetch("loquilex", "api", "sessions")
     assert {s["id"] for s in json.loads(r.body)["sessions"]} == {push["id"], filed["id"]}

@@ -41,6 +41,7 @@
 .lx-CaptionPanel-body { flex: 1; overflow-y: auto; font-size: var(--jp-content-font-size3); line-height: 1.5; }
 .lx-finals { list-style: none; padding: 0; margin: 8px 0; }
 .lx-final { margin: 4px 0; }
+.lx-final.lx-revised .lx-text { text-decoration: underline dotted var(--jp-ui-font-color3); }
 .lx-time { font-family: var(--jp-code-font-family); font-size: var(--jp-ui-font-size0); color: var(--jp-ui-font-color2); margin-right: 8px; }
 .lx-notices { list-style: none; padding: 0; margin: 4px 0; color: var(--jp-warn-color1); font-size: var(--jp-ui-font-size0); }
 .lx-stats { font-size: var(--jp-ui-font-size0); color: var(--jp-ui-font-color3); }
