@@ -19,7 +19,8 @@ from pathlib import Path
 
 import psutil
 
-from faults import FIXTURES, Watcher, final_lines, finish_row, post, push_session, read_pcm, server_settle
+from faults import FIXTURES, Watcher, final_lines, finish_row, post, push_session, server_settle
+from measure import read_pcm
 
 MiB = 1 << 20
 FLOOD_RATE = 380

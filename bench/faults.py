@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import psutil
 
-from measure import REPO
+from measure import REPO, read_pcm
 from stall import lost as stall_lost, session_log
 
 import loquilex_nb as lx
@@ -47,13 +47,6 @@ HANG_GRACE = 1.0
 HANG_TERM_GRACE = 1.0
 TMPFS_SIZE = "256k"
 FSIZE_LIMIT = 100  # bytes per file for the RLIMIT_FSIZE fallback: captions.vtt of one short final fits, of two does not
-
-
-def read_pcm(path: Path) -> bytes:
-    import wave
-
-    with wave.open(str(path)) as w:
-        return w.readframes(w.getnframes())
 
 
 SILENCE = b"\0" * 32000  # 1 s
@@ -651,7 +644,7 @@ async def start_kernel(srv) -> tuple[str, int]:
         raise RuntimeError(f"POST api/kernels -> {code}: {body}")
     kid = body["id"]
     deadline = time.monotonic() + 60
-    cf = srv.root.parent / f"runtime-{srv.name}" / f"kernel-{kid}.json"
+    cf = srv.runtime / f"kernel-{kid}.json"
     while not (cf.exists() and kernel_pids(srv.proc.pid, kid)):
         if time.monotonic() > deadline:
             raise RuntimeError(f"kernel {kid}: no process or connection file {cf} after 60 s")
@@ -697,7 +690,7 @@ async def row_kernel(srv, counters, how: str) -> dict:
     while not (set(kernel_pids(srv.proc.pid, kid)) - seen) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     seen.update(kernel_pids(srv.proc.pid, kid))
-    cf = srv.root.parent / f"runtime-{srv.name}" / f"kernel-{kid}.json"
+    cf = srv.runtime / f"kernel-{kid}.json"
     try:
         await asyncio.get_running_loop().run_in_executor(None, _wait_kernel_ready, cf, 30.0)
     except Exception:

@@ -80,8 +80,12 @@ class JupyterServer:
         self.token = token or secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
-        self.needed_sigkill = False  # set by stop()
-        self.left_behind: list[int] = []  # pids stop() found still there and killed
+        # what stop() saw: seconds from the signal to the reaped server, whether it needed
+        # SIGKILL, the processes the server had started, and those still there (then killed)
+        self.stop_took_s: float | None = None
+        self.needed_sigkill = False
+        self.stop_descendants = 0
+        self.left_behind: list[int] = []
         self._log = None
 
     # -- the process ---------------------------------------------------------------------------
@@ -165,6 +169,8 @@ class JupyterServer:
         processes it had started that are still there after `settle` s go to `left_behind` and
         get SIGKILL. Returns the server's exit code."""
         kids = self.descendants()
+        self.stop_descendants = len(kids)
+        t0 = time.monotonic()
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -173,6 +179,7 @@ class JupyterServer:
                 self.needed_sigkill = True
                 self.proc.kill()
                 self.proc.wait()
+        self.stop_took_s = time.monotonic() - t0
         deadline = time.monotonic() + settle
         while any(_running(p) for p in kids) and time.monotonic() < deadline:
             time.sleep(0.05)
