@@ -10,8 +10,16 @@ from collections import Counter
 from typing import Any, Callable
 
 import psutil
-
-from server import SESSION_TIMEOUT, SETTLE_S, JupyterServer, close_after_eos, counters, cpu_s, delta, settle_to
+from server import (
+    SESSION_TIMEOUT,
+    SETTLE_S,
+    JupyterServer,
+    close_after_eos,
+    counters,
+    cpu_s,
+    delta,
+    settle_to,
+)
 
 
 async def gather_limited(coros, limit: int) -> list:
