@@ -97,13 +97,17 @@ class JupyterServer:
         argv += QUIET_LAB if self.lab else [ONLY_LOQUILEX]
         return argv + self.args
 
+    def dirs(self) -> dict[str, Path]:
+        """Its own Jupyter dirs: nothing from the caller's config, runtime or settings leaks in."""
+        names = {"JUPYTER_RUNTIME_DIR": "runtime", "JUPYTER_CONFIG_DIR": "config", "JUPYTER_DATA_DIR": "data"}
+        if self.lab:
+            names.update(JUPYTERLAB_SETTINGS_DIR="settings", JUPYTERLAB_WORKSPACES_DIR="workspaces")
+        return {var: self.home / name for var, name in names.items()}
+
     def environ(self) -> dict[str, str]:
         # a server's kernels find it themselves: a mode inherited from the caller would hide it
         env = {k: v for k, v in os.environ.items() if k != "LOQUILEX_MODE"}
-        dirs = {"JUPYTER_RUNTIME_DIR": "runtime", "JUPYTER_CONFIG_DIR": "config", "JUPYTER_DATA_DIR": "data"}
-        if self.lab:
-            dirs.update(JUPYTERLAB_SETTINGS_DIR="settings", JUPYTERLAB_WORKSPACES_DIR="workspaces")
-        env.update({var: str(self.home / name) for var, name in dirs.items()})
+        env.update({var: str(path) for var, path in self.dirs().items()})
         env.update(JUPYTER_PLATFORM_DIRS="1", HF_HUB_OFFLINE="1")
         env.update(self.env)
         return env
@@ -115,19 +119,16 @@ class JupyterServer:
     def spawn(self) -> None:
         """Start the process (not waiting for it to answer)."""
         assert self.proc is None, "started twice"
-        env = self.environ()
-        for var in ("JUPYTER_RUNTIME_DIR", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR"):
-            if var in env:
-                Path(env[var]).mkdir(parents=True, exist_ok=True)
-        self.root.mkdir(parents=True, exist_ok=True)
+        for path in [*self.dirs().values(), self.root]:
+            path.mkdir(parents=True, exist_ok=True)
         for rel, content in self.settings.items():
-            path = Path(env["JUPYTERLAB_SETTINGS_DIR"]) / rel
+            path = self.home / "settings" / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(content))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=env, cwd=self.root)
+                                     env=self.environ(), cwd=self.root)
 
     def ready(self) -> bool:
         """One look: does it answer `GET /api/status`? Raises if it has exited."""
@@ -168,6 +169,7 @@ class JupyterServer:
         """Send `sig`, reap the server (SIGKILL after `timeout`: see `needed_sigkill`); then the
         processes it had started that are still there after `settle` s go to `left_behind` and
         get SIGKILL. Returns the server's exit code."""
+        assert self.proc is not None, "never started"
         kids = self.descendants()
         self.stop_descendants = len(kids)
         t0 = time.monotonic()
