@@ -68,3 +68,16 @@ def test_sigkill_leaves_no_worker_behind(server):
     started = time.monotonic()
     survivors = wait_all_gone(pids, 2.0)
     assert survivors == [], f"workers {survivors} outlived a SIGKILLed server by {time.monotonic() - started:.1f} s"
+
+
+@pytest.mark.leak_settle(10)
+def test_the_harness_close_leaves_nothing_behind(server):
+    """What a failing test relies on: `close()` of a running server kills it and what it started."""
+    server.start()
+    pids = create_push_sessions(server, 2)
+    server.close()
+    assert server.proc.returncode == -signal.SIGKILL
+    assert server.stop_descendants >= 2 and set(server.left_behind) <= set(pids)
+    assert wait_all_gone(pids, 5.0) == []
+    server.close()  # idempotent
+    assert server.proc.returncode == -signal.SIGKILL
