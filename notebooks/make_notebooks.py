@@ -428,7 +428,7 @@ NB04 = [
         code = srv.stop(signal.SIGTERM)
         print('server exited on SIGTERM:', code in (0, -signal.SIGTERM))
         # reaped by the server itself, so not even a zombie is left the moment it has exited
-        print('workers left:', [p for p in pids if p in srv.left_behind])
+        print('workers left:', [p for p in pids if psutil.pid_exists(p) or p in srv.left_behind])
         print('stop_extension finished cleanly:', 'stop_extension did not finish cleanly' not in srv.log())
         """
     ),

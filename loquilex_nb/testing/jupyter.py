@@ -52,9 +52,9 @@ def free_port() -> int:
 
 
 def _running(p: psutil.Process) -> bool:
-    """Still there: running, or exited and not yet reaped (a zombie still holds its pid)."""
+    """Still running (a zombie has exited: only its parent can reap it)."""
     try:
-        return p.is_running()
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 
@@ -81,7 +81,7 @@ class JupyterServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         # what stop() saw: seconds from the signal to the reaped server, whether it needed
-        # SIGKILL, the processes the server had started, and those still there (then killed)
+        # SIGKILL, the processes the server had started, and those still running (then killed)
         self.stop_took_s: float | None = None
         self.needed_sigkill = False
         self.stop_descendants = 0
@@ -167,8 +167,8 @@ class JupyterServer:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0, settle: float = 0.0) -> int:
         """Send `sig`, reap the server (SIGKILL after `timeout`: see `needed_sigkill`); then the
-        processes it had started that are still there after `settle` s go to `left_behind` and
-        get SIGKILL. Returns the server's exit code."""
+        processes it had started that still run `settle` s later go to `left_behind` and get
+        SIGKILL. Returns the server's exit code."""
         assert self.proc is not None, "never started"
         kids = self.descendants()
         self.stop_descendants = len(kids)
