@@ -17,18 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from loquilex_nb.core.events import Event
+from loquilex_nb.core.protocol import CLOSE_ENDED, CLOSE_HB_TIMEOUT, CLOSE_POLICY, CLOSE_REPLACED, CLOSE_SHUTDOWN, CLOSE_SLOW
 from loquilex_nb.supervisor.session import Session
 
 log = logging.getLogger("loquilex.server")
 
-CLOSE_ENDED = 1000
-CLOSE_SHUTDOWN = 1001
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_SLOW = 4008
-CLOSE_HB_TIMEOUT = 4009
-CLOSE_REPLACED = 4010
-CLOSE_TRY_LATER = 1013
 MAX_ERRORS = 20
 SNAPSHOT_FINALS = 50
 

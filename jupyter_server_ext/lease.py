@@ -22,10 +22,11 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
+from loquilex_nb.core.errors import BadRequest
 from loquilex_nb.supervisor.session import Session
 
 from .handlers import SessionsHandler
-from .manager import BadRequest, SessionManager
+from .manager import SessionManager
 
 log = logging.getLogger("loquilex.server")
 # Nobody is listening any more: the worker gets this long to finalize politely, then SIGTERM

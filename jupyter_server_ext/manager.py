@@ -15,9 +15,11 @@ from typing import Any, Mapping, NamedTuple
 import psutil
 
 from loquilex_nb.core.audio import AudioError, probe
-from loquilex_nb.core.config import FORMATS, SessionConfig, build_asr_config, check_options, parse_formats
+from loquilex_nb.core.config import FORMATS, caption_file, SessionConfig, build_asr_config, check_options, parse_formats
+from loquilex_nb.core.errors import BadRequest, Conflict
 from loquilex_nb.core.paths import ensure_dir_under, open_beneath, relative_to_root, resolve_under
 from loquilex_nb.core.resources import process_counters, worker_figures
+from loquilex_nb.core.sources import check_source
 from loquilex_nb.supervisor.session import Session
 from loquilex_nb.supervisor.supervisor import Supervisor
 
@@ -29,17 +31,6 @@ KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
 CLIENT_FORBIDDEN = ("model", "output_root", "owner")
 SHUTDOWN_DRAIN = 2.0  # seconds the sockets get to deliver their sessions' last events
 SHUTDOWN_SLACK = 1.0  # of stop_timeout, for closing sockets and tasks after the sessions
-
-
-CAPTION_NAMES = ("captions.vtt", "captions.srt", "final.txt")
-
-
-class BadRequest(ValueError):
-    """A client error: becomes HTTP 400 with this message."""
-
-
-class Conflict(ValueError):
-    """The request collides with existing state (a folder in use): HTTP 409."""
 
 
 class Request(NamedTuple):
@@ -175,20 +166,11 @@ class SessionManager:
         if kernel_id is not None:
             if not isinstance(kernel_id, str) or not self._kernel_exists(kernel_id):
                 raise BadRequest(f"kernel_id {str(kernel_id)[:80]!r} is not a running kernel of this server")
-        if not isinstance(source, Mapping):
-            raise BadRequest('source must be an object: {"kind": "file", "path": ...} or {"kind": "push"}')
-        extra = set(source) - {"kind", "path", "realtime"}
-        if extra:
-            raise BadRequest(f"unknown source key(s) {sorted(map(str, extra))[:10]}")
-        kind = source.get("kind")
-        if kind not in ("file", "push"):
-            raise BadRequest(f"source kind must be 'file' or 'push', got {str(kind)[:40]!r}")
-        # `realtime` may sit in the source (the protocol) or at the top (lx.session's keyword)
-        realtime = body.pop("realtime", source.get("realtime", True))
-        if "realtime" in source and source["realtime"] != realtime:
-            raise BadRequest("realtime is given twice, with different values")
-        if not isinstance(realtime, bool):
-            raise BadRequest(f"realtime must be true or false, got {str(realtime)[:40]!r}")
+        default = source.get("realtime", True) if isinstance(source, Mapping) else True
+        try:
+            src = check_source(source, body.pop("realtime", default), wire=True)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
         sid = uuid.uuid4().hex[:12]
         out = body.pop("out", None)
         if out is not None and not isinstance(out, str):
@@ -200,14 +182,9 @@ class SessionManager:
             body["model"] = self.model
         path = None
         try:
-            if kind == "file":
-                path = source.get("path")
-                if not isinstance(path, str) or not path:
-                    raise ValueError("a file source needs a non-empty string path relative to the server root")
-                path = relative_to_root(self.root_dir, path)
-                src = {"kind": "file", "path": str(resolve_under(self.root_dir, path)), "realtime": realtime}
-            else:
-                src = {"kind": "push"}
+            if src["kind"] == "file":
+                path = relative_to_root(self.root_dir, src["path"])
+                src["path"] = str(resolve_under(self.root_dir, path))
             out_dir = resolve_under(self.output_root, out)
             config = SessionConfig(
                 source=src, out_dir=str(out_dir), asr=build_asr_config(body),
@@ -239,7 +216,7 @@ class SessionManager:
                 raise Conflict(f"folder {self._hide_roots(str(out))!r} is in use by session {s.id}")
         if out.exists() and not out.is_dir():
             raise BadRequest(f"out {self._hide_roots(str(out))!r} is a file, not a folder")
-        held = [n for n in CAPTION_NAMES if (out / n).exists()]
+        held = [caption_file(f) for f in FORMATS if (out / caption_file(f)).exists()]
         if held and not overwrite:
             raise Conflict(
                 f"folder {self._hide_roots(str(out))!r} already holds captions ({', '.join(held)}); "
