@@ -274,8 +274,8 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         self.conn = conn
         welcome = {
             "resume_token": conn.token,
-            "hb_interval": limits.hb_interval,
-            "hb_timeout": limits.hb_timeout,
+            "hb_interval": limits.heartbeat_interval,
+            "hb_timeout": limits.heartbeat_timeout,
             "replay_window": limits.replay_window,
             "limits": {
                 "max_message_bytes": limits.max_message_bytes,

@@ -13,12 +13,15 @@ import logging
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Callable
+
+from traitlets import Float, Int
 
 from loquilex_nb.core.events import Event
 from loquilex_nb.core.protocol import CLOSE_ENDED, CLOSE_HB_TIMEOUT, CLOSE_POLICY, CLOSE_REPLACED, CLOSE_SHUTDOWN, CLOSE_SLOW
 from loquilex_nb.supervisor.session import Session
+
+from .knobs import Knobs
 
 log = logging.getLogger("loquilex.server")
 
@@ -26,21 +29,22 @@ MAX_ERRORS = 20
 SNAPSHOT_FINALS = 50
 
 
-@dataclass(frozen=True)
-class Limits:
-    hb_interval: float
-    hb_timeout: float
-    replay_window: float
-    send_queue_limit: int
-    max_message_bytes: int
-    max_messages_per_second: float
-    # abuse limits (see LoquilexApp's traitlets); the defaults suit tests that build Limits
-    hello_timeout: float = 10.0
-    max_connections: int = 256
-    max_connections_per_session: int = 32
-    max_audio_writers: int = 1
-    max_bytes_in_flight: int = 4 << 20
-    max_total_bytes_in_flight: int = 64 << 20
+class Limits(Knobs):
+    """Every bound the hub and the socket handler keep (LoquilexApp's traitlets of the same names)."""
+
+    heartbeat_interval = Float(10.0, help="Seconds between server heartbeats on each WebSocket.").tag(config=True)
+    heartbeat_timeout = Float(60.0, help="A WebSocket silent for this long is closed (4009).").tag(config=True)
+    replay_window = Float(60.0, help="Seconds a dropped client can resume without a gap, from the disconnect.").tag(config=True)
+    send_queue_limit = Int(1000, help="Messages queued per WebSocket before the client is cut off (4008).").tag(config=True)
+    max_message_bytes = Int(1 << 20, help="Largest client message accepted.").tag(config=True)
+    max_messages_per_second = Float(400.0, help="Client messages per second per WebSocket (token bucket).").tag(config=True)
+    # against hostile or careless clients (issue 9)
+    hello_timeout = Float(10.0, help="A WebSocket that sends no hello within this many seconds is closed (1008).").tag(config=True)
+    max_connections = Int(256, help="WebSockets open at once in this server, over all sessions (more are closed with 1013).").tag(config=True)
+    max_connections_per_session = Int(32, help="WebSockets open at once to one session (more are closed with 1013).").tag(config=True)
+    max_audio_writers = Int(1, help="Connections that may feed audio to one push session; others get a writer-busy error.").tag(config=True)
+    max_bytes_in_flight = Int(4 << 20, help="PCM bytes accepted for one session and not yet taken by its worker; frames past it are dropped with an audio-dropped error.").tag(config=True)
+    max_total_bytes_in_flight = Int(64 << 20, help="The same bound over all sessions of this server.").tag(config=True)
 
 
 def envelope(type_: str, sid: str, seq: int | None, data: dict[str, Any] | None) -> dict[str, Any]:
@@ -144,14 +148,14 @@ class Connection:
                 if env["type"] == "eos":
                     return self._finish()
             while not self.closed:
-                if self.silent_for() > self.limits.hb_timeout:
+                if self.silent_for() > self.limits.heartbeat_timeout:
                     # checked on every turn: a busy stream must not hide a silent client
                     self.close(CLOSE_HB_TIMEOUT, "heartbeat timeout")
                     return
                 if not self._queue:
                     self._wake.clear()
                     try:
-                        await asyncio.wait_for(self._wake.wait(), self.limits.hb_interval)
+                        await asyncio.wait_for(self._wake.wait(), self.limits.heartbeat_interval)
                     except asyncio.TimeoutError:
                         self._heartbeat()
                     continue
@@ -168,7 +172,7 @@ class Connection:
         self.close(CLOSE_ENDED, "session ended")
 
     def _heartbeat(self) -> None:
-        if self.silent_for() > self.limits.hb_timeout:
+        if self.silent_for() > self.limits.heartbeat_timeout:
             self.close(CLOSE_HB_TIMEOUT, "heartbeat timeout")
             return
         self._queue.append((envelope("hb", self.channel.sid, None, {"queue_depth": len(self._queue), "dropped": self.dropped}), None))

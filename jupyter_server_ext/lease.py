@@ -21,11 +21,13 @@ from typing import Any
 
 from jupyter_server.auth.decorator import authorized
 from tornado import web
+from traitlets import Float
 
 from loquilex_nb.core.errors import BadRequest
 from loquilex_nb.supervisor.session import Session
 
 from .handlers import SessionsHandler
+from .knobs import Knobs
 from .manager import SessionManager
 
 log = logging.getLogger("loquilex.server")
@@ -55,6 +57,12 @@ class Lease:
             "expired": self.expired,
             "ended": self.session.ended_at is not None,
         }
+
+
+class LeaseKnobs(Knobs):
+    """BrowserLeases' configuration (LoquilexApp's traitlet of the same name)."""
+
+    browser_lease = Float(10.0, help="A browser session no client was heard from for this many seconds is stopped.").tag(config=True)
 
 
 class BrowserLeases:

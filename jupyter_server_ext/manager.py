@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 import psutil
+from traitlets import Bool, Float, Int, TraitError, Unicode, validate
 
 from loquilex_nb.core.audio import AudioError, probe
 from loquilex_nb.core.config import FORMATS, caption_file, SessionConfig, build_asr_config, check_options, parse_formats
@@ -20,10 +21,12 @@ from loquilex_nb.core.errors import BadRequest, Conflict
 from loquilex_nb.core.paths import ensure_dir_under, open_beneath, relative_to_root, resolve_under
 from loquilex_nb.core.resources import process_counters, worker_figures
 from loquilex_nb.core.sources import check_source
+from loquilex_nb.supervisor.runtime import check_max_sessions
 from loquilex_nb.supervisor.session import Session
 from loquilex_nb.supervisor.supervisor import Supervisor
 
 from .hub import Hub, Limits
+from .knobs import Knobs
 
 log = logging.getLogger("loquilex.server")
 
@@ -82,29 +85,48 @@ def _mkdirs(target: Path, made: list[Path]) -> None:
         made.append(d)
 
 
-class SessionManager:
+class SessionKnobs(Knobs):
+    """The SessionManager's configuration (LoquilexApp's traitlets of the same names)."""
+
+    max_sessions = Int(8, help="Sessions that may run at once in this server.").tag(config=True)
+    model = Unicode("", help="CTranslate2 Whisper model directory (default: the bundled tiny.en).").tag(config=True)
+    stop_grace = Float(3.0, help="Seconds a worker gets to finish after a polite stop before SIGTERM.").tag(config=True)
+    term_grace = Float(2.0, help="Seconds after SIGTERM before SIGKILL.").tag(config=True)
+    replay_capacity = Int(10000, help="Events kept per session for late joiners and resume.").tag(config=True)
+    sweep_interval = Float(2.0, help="Seconds between checks for sessions whose kernel died or was culled.").tag(config=True)
+    stop_on_kernel_restart = Bool(True, help="Stop a kernel's sessions when it restarts.").tag(config=True)
+
+    @validate("max_sessions")
+    def _check_max_sessions(self, proposal):
+        try:  # the rule of lx.configure(max_sessions=...) in embedded mode
+            return check_max_sessions(proposal["value"], "LoquilexApp.max_sessions")
+        except ValueError as exc:
+            raise TraitError(str(exc)) from None
+
+
+class SessionManager(SessionKnobs):
+    """Owns the server's Supervisor (built from its knobs), the Hub and the kernel hooks."""
+
     def __init__(
         self,
         *,
         root_dir: str,
         output_root: str,
-        model: str | None,
-        supervisor: Supervisor,
         limits: Limits,
         kernel_manager: Any = None,
         event_logger: Any = None,
-        sweep_interval: float = 2.0,
-        stop_on_kernel_restart: bool = True,
+        **knobs: Any,
     ) -> None:
+        super().__init__(**knobs)
         self.root_dir = Path(root_dir).resolve()
         self.output_root = Path(output_root)
-        self.model = model
-        self.supervisor = supervisor
+        self.supervisor = Supervisor(
+            max_sessions=self.max_sessions, grace=self.stop_grace, term_grace=self.term_grace, log_capacity=self.replay_capacity,
+        )
         self.hub = Hub(limits)
         self.kernel_manager = kernel_manager
-        self.event_logger = event_logger
-        self.sweep_interval = sweep_interval
-        self.stop_on_kernel_restart = stop_on_kernel_restart
+        # restart and shutdown events reach us only when they should stop sessions
+        self.event_logger = event_logger if self.stop_on_kernel_restart else None
         self._owner_pids: dict[str, int | None] = {}
         self._sweeper: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
