@@ -6,6 +6,7 @@ import asyncio
 import os
 
 from jupyter_server.extension.application import ExtensionApp
+from jupyter_server.serverapp import ServerApp
 from traitlets import Float, Unicode, default
 
 from .activity import ActivityKnobs, ActivityReporter
@@ -26,17 +27,23 @@ class LoquilexApp(ExtensionApp, SessionKnobs, Limits, LeaseKnobs, ActivityKnobs)
     output_root = Unicode(help="Where caption folders go (default: loquilex-captions under the server's root_dir).").tag(config=True)
     stop_timeout = Float(20.0, help="Upper bound on stop_extension.").tag(config=True)
 
+    @property
+    def server(self) -> ServerApp:
+        """The server that loaded us (jupyter_server sets it before any of our hooks run)."""
+        assert self.serverapp is not None
+        return self.serverapp
+
     @default("output_root")
     def _default_output_root(self) -> str:
-        return os.path.join(self.serverapp.root_dir, "loquilex-captions")
+        return os.path.join(self.server.root_dir, "loquilex-captions")
 
     def initialize_settings(self) -> None:
         self.manager = SessionManager(
-            root_dir=self.serverapp.root_dir,
+            root_dir=self.server.root_dir,
             output_root=self.output_root,
             limits=Limits(**Limits.of(self)),
-            kernel_manager=self.serverapp.kernel_manager,
-            event_logger=self.serverapp.event_logger,
+            kernel_manager=self.server.kernel_manager,
+            event_logger=self.server.event_logger,
             **SessionKnobs.of(self),
         )
         self.settings["loquilex_manager"] = self.manager

@@ -14,9 +14,10 @@ from tornado.websocket import WebSocketHandler
 
 from loquilex_nb.core.config import caption_file
 from loquilex_nb.core.errors import SessionEnded
-from loquilex_nb.core.protocol import BAD_JSON, CLOSE_POLICY, CLOSE_TRY_LATER, CLOSE_UNKNOWN_SESSION, TOO_BIG, http_error
+from loquilex_nb.core.protocol import BAD_JSON, CLOSE_POLICY, CLOSE_TRY_LATER, CLOSE_UNKNOWN_SESSION, TOO_BIG, envelope, http_error
+from loquilex_nb.supervisor.session import Session
 
-from .hub import Connection, envelope
+from .hub import Connection
 from .manager import SessionManager
 
 AUTH_RESOURCE = "loquilex"
@@ -153,12 +154,18 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
     def initialize(self, manager: SessionManager) -> None:
         self.manager = manager
         self.conn: Connection | None = None
-        self.session = None
+        self._session: Session | None = None
         self.registered = False
         self._hello_timer: asyncio.TimerHandle | None = None
 
     @property
-    def max_message_size(self) -> int:  # type: ignore[override]
+    def session(self) -> Session:
+        """The session `get` found; tornado calls nothing else of ours before it."""
+        assert self._session is not None
+        return self._session
+
+    @property
+    def max_message_size(self) -> int:
         """Tornado reads a whole frame before on_message: cap it near our own limit, not 10 MiB."""
         return 2 * self.manager.hub.limits.max_message_bytes + 65536
 
@@ -175,10 +182,10 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         session = self.manager.get(sid)
         if session is None:
             raise web.HTTPError(404, f"no session {sid!r}")  # refused before any state exists
-        self.session = session
+        self._session = session
         await super().get(sid)
 
-    async def open(self, sid: str) -> None:  # type: ignore[override]
+    async def open(self, sid: str) -> None:
         super().open()  # jupyter_server's ping loop
         hub = self.manager.hub
         refused = hub.admit_socket(sid, self)

@@ -18,7 +18,16 @@ from typing import Any, Callable
 from traitlets import Float, Int
 
 from loquilex_nb.core.events import Event
-from loquilex_nb.core.protocol import CLOSE_ENDED, CLOSE_HB_TIMEOUT, CLOSE_POLICY, CLOSE_REPLACED, CLOSE_SHUTDOWN, CLOSE_SLOW
+from loquilex_nb.core.protocol import (
+    CLOSE_ENDED,
+    CLOSE_HB_TIMEOUT,
+    CLOSE_POLICY,
+    CLOSE_REPLACED,
+    CLOSE_SHUTDOWN,
+    CLOSE_SLOW,
+    envelope,
+    event_envelope,
+)
 from loquilex_nb.supervisor.session import Session
 
 from .knobs import Knobs
@@ -45,16 +54,6 @@ class Limits(Knobs):
     max_audio_writers = Int(1, help="Connections that may feed audio to one push session; others get a writer-busy error.").tag(config=True)
     max_bytes_in_flight = Int(4 << 20, help="PCM bytes accepted for one session and not yet taken by its worker; frames past it are dropped with an audio-dropped error.").tag(config=True)
     max_total_bytes_in_flight = Int(64 << 20, help="The same bound over all sessions of this server.").tag(config=True)
-
-
-def envelope(type_: str, sid: str, seq: int | None, data: dict[str, Any] | None) -> dict[str, Any]:
-    return {"v": 1, "type": type_, "sid": sid, "seq": seq, "t_wall": time.time(), "t_mono": time.monotonic(), "data": data or {}}
-
-
-def event_envelope(ev: Event) -> dict[str, Any]:
-    body = ev.as_dict()
-    data = {k: body[k] for k in ("segment_id", "text", "t0", "t1", "words", "data") if k in body}
-    return {"v": 1, "type": ev.type, "sid": ev.sid, "seq": ev.seq, "t_wall": ev.t_wall, "t_mono": ev.t_mono, "data": data}
 
 
 def snapshot(session: Session) -> dict[str, Any]:

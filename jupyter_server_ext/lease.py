@@ -83,7 +83,7 @@ class BrowserLeases:
             raise RuntimeError("the server is shutting down")
         session = await self.manager.create({**body, "source": {"kind": "push"}})
         now = time.monotonic()
-        lease = self.leases[session.id] = Lease(session, now, now)
+        self.leases[session.id] = Lease(session, now, now)
         self._prune()
         if self._task is None:
             self._task = asyncio.create_task(self._watch(), name="loquilex-browser-leases")

@@ -10,13 +10,13 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import psutil
 from traitlets import Bool, Float, Int, TraitError, Unicode, validate
 
 from loquilex_nb.core.audio import AudioError, probe
-from loquilex_nb.core.config import FORMATS, caption_file, SessionConfig, build_asr_config, check_options, parse_formats
+from loquilex_nb.core.config import FORMATS, SessionConfig, build_asr_config, caption_file, check_options, parse_formats
 from loquilex_nb.core.errors import BadRequest, Conflict
 from loquilex_nb.core.paths import ensure_dir_under, open_beneath, relative_to_root, resolve_under
 from loquilex_nb.core.resources import process_counters, worker_figures
@@ -50,13 +50,17 @@ async def _in_own_thread(fn, *args, discard=None):
     loop = asyncio.get_running_loop()
     done = loop.create_future()
 
+    def settle(set_outcome: Callable[[Any], None], outcome: Any) -> None:
+        if not done.done():
+            set_outcome(outcome)
+
     def target() -> None:
         try:
             result = fn(*args)
         except BaseException as exc:
-            loop.call_soon_threadsafe(lambda e=exc: done.done() or done.set_exception(e))
+            loop.call_soon_threadsafe(settle, done.set_exception, exc)
         else:
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(result))
+            loop.call_soon_threadsafe(settle, done.set_result, result)
 
     thread = threading.Thread(target=target, name="loquilex-probe")
     thread.start()

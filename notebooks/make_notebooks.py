@@ -701,7 +701,7 @@ def differences(nb: nbformat.NotebookNode, stored: nbformat.NotebookNode) -> lis
     """Where the stored notebook's cells are not what the builder writes (outputs aside)."""
     shape = lambda book: [(c.get("id"), c.cell_type, c.source) for c in book.cells]  # noqa: E731
     built, kept = shape(nb), shape(stored)
-    found = [f"cell {i} ({b[0]})" for i, (b, k) in enumerate(zip(built, kept)) if b != k]
+    found = [f"cell {i} ({b[0]})" for i, (b, k) in enumerate(zip(built, kept, strict=False)) if b != k]
     if len(built) != len(kept):
         found.append(f"{len(kept)} cells stored, {len(built)} built")
     return found

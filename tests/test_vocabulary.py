@@ -40,7 +40,7 @@ def written_vocabulary(source: str) -> tuple[set[str], set[str], set[str]]:
             elif name == "_set_state" and node.args:
                 states |= _strings(node.args[0])
         elif isinstance(node, ast.Dict):
-            for key, value in zip(node.keys, node.values):
+            for key, value in zip(node.keys, node.values, strict=True):
                 if isinstance(key, ast.Constant) and key.value == "state" and value is not None:
                     statuses |= _strings(value)
         elif isinstance(node, ast.Assign):

@@ -1,4 +1,4 @@
-"""The REST/WebSocket protocol's shared words (docs/PROTOCOL.md): close codes and error statuses.
+"""The REST/WebSocket protocol's shared words (docs/PROTOCOL.md): envelopes, close codes, error statuses.
 
 The server sends them and the kernel-side client reads them; keeping both sides on one table
 is what stops a code from being documented, or handled, but never sent.
@@ -6,7 +6,44 @@ is what stops a code from being documented, or handled, but never sent.
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from .errors import BadRequest, Conflict, SessionEnded, SessionLimitError
+from .events import Event
+
+# -- envelopes: every text frame is {"v": 1, type, sid, seq, t_wall, t_mono, data} --------------
+FIELDS = ("segment_id", "text", "t0", "t1", "words")  # a domain event's fields, inside `data`
+
+
+def envelope(type_: str, sid: str, seq: int | None, data: dict[str, Any] | None) -> dict[str, Any]:
+    """A protocol message (welcome, hb, gap, a connection's error): seq is None."""
+    return {"v": 1, "type": type_, "sid": sid, "seq": seq, "t_wall": time.time(), "t_mono": time.monotonic(), "data": data or {}}
+
+
+def event_envelope(ev: Event) -> dict[str, Any]:
+    body = ev.as_dict()
+    data = {k: body[k] for k in (*FIELDS, "data") if k in body}
+    return {"v": 1, "type": ev.type, "sid": ev.sid, "seq": ev.seq, "t_wall": ev.t_wall, "t_mono": ev.t_mono, "data": data}
+
+
+def event_from_envelope(env: dict[str, Any]) -> Event:
+    """A domain-event envelope `{v, type, sid, seq, t_wall, t_mono, data: {fields…, data}}`."""
+    body = env.get("data") or {}
+    return Event(
+        type=env["type"], sid=env["sid"], seq=int(env["seq"]),
+        t_wall=float(env["t_wall"]), t_mono=float(env["t_mono"]),
+        **{k: body.get(k) for k in FIELDS}, data=body.get("data"),
+    )
+
+
+def event_from_wire(d: dict[str, Any]) -> Event:
+    """An event inside a gap snapshot: an envelope, or `Event.as_dict()` with flat fields."""
+    body = d.get("data")
+    if "v" in d or (isinstance(body, dict) and not any(k in d for k in FIELDS) and any(k in body for k in (*FIELDS, "data"))):
+        return event_from_envelope(d)
+    return Event.from_dict(d)
+
 
 # -- WebSocket close codes ----------------------------------------------------------------------
 CLOSE_ENDED = 1000

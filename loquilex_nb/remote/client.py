@@ -23,12 +23,12 @@ import numpy as np
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from . import discovery
 from ..core.config import FORMATS, output_files, parse_formats
 from ..core.errors import SessionEnded
 from ..core.events import EVENT_TYPES, STATES, EndReason, Event
-from ..core.protocol import CLOSE_REASONS, FINAL_CLOSE, error_for_status
+from ..core.protocol import CLOSE_REASONS, FINAL_CLOSE, error_for_status, event_from_envelope, event_from_wire
 from ..core.sources import check_source, local_file
+from . import discovery
 
 log = logging.getLogger("loquilex_nb")
 
@@ -43,7 +43,6 @@ LOG_CAPACITY = 10000
 ACK_EVERY = 32
 ACK_PERIOD = 0.5
 MAX_INCOMING = 64 * 1024 * 1024  # a gap snapshot carries many finals, each with its words
-FIELDS = ("segment_id", "text", "t0", "t1", "words")
 KERNEL_FILE = "_kernel_file"  # prepared, never sent: a file this kernel streams itself
 FILE_CHUNK = 0.5  # seconds of audio per frame when a kernel streams a file
 FEED_AHEAD = 8.0  # seconds of audio it may send beyond what the worker has reported (realtime=False)
@@ -53,24 +52,6 @@ FEED_END_QUIET = 6.0  # ... or said nothing for this long (a decode under load t
 
 
 # -- wire conversions ------------------------------------------------------------------------
-def event_from_envelope(env: dict[str, Any]) -> Event:
-    """A domain-event envelope `{v, type, sid, seq, t_wall, t_mono, data: {fields…, data}}`."""
-    body = env.get("data") or {}
-    return Event(
-        type=env["type"], sid=env["sid"], seq=int(env["seq"]),
-        t_wall=float(env["t_wall"]), t_mono=float(env["t_mono"]),
-        **{k: body.get(k) for k in FIELDS}, data=body.get("data"),
-    )
-
-
-def event_from_wire(d: dict[str, Any]) -> Event:
-    """An event inside a gap snapshot: an envelope, or `Event.as_dict()` with flat fields."""
-    body = d.get("data")
-    if "v" in d or (isinstance(body, dict) and not any(k in d for k in FIELDS) and any(k in body for k in (*FIELDS, "data"))):
-        return event_from_envelope(d)
-    return Event.from_dict(d)
-
-
 def end_from_dict(d: dict[str, Any]) -> EndReason:
     return EndReason(d.get("kind", "crashed"), d.get("exit_code"), d.get("detail") or "", tuple(d.get("stderr_tail") or ()))
 

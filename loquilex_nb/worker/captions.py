@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from ..core.config import FORMATS as FORMAT_NAMES, output_files
+from ..core.config import FORMATS as FORMAT_NAMES
+from ..core.config import output_files
 
 __all__ = [
     "atomic_write_text",
