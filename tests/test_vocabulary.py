@@ -108,3 +108,21 @@ def test_one_validator_gives_one_shape():
     assert check_source({"kind": "push"}, True, wire=True) == {"kind": "push"}
     with pytest.raises(ValueError, match="source must be a file path"):
         check_source({"kind": "push"}, True)  # a dict is the protocol's spelling, not lx.session's
+
+
+@pytest.mark.parametrize("exc, status, client_raises", [
+    (protocol.BadRequest("m"), 400, ValueError),
+    (protocol.Conflict("m"), 409, ValueError),
+    (protocol.SessionEnded("m"), 409, ValueError),
+    (protocol.SessionLimitError("m"), 429, protocol.SessionLimitError),
+    (RuntimeError("m"), 503, RuntimeError),
+])
+def test_one_table_maps_server_errors_to_statuses_and_back(exc, status, client_raises):
+    assert protocol.http_error(exc)[0] == status
+    raised = protocol.error_for_status(status, "m", "POST sessions")
+    assert type(raised) is client_raises
+
+
+def test_errors_the_table_does_not_name_are_bugs_not_answers():
+    assert protocol.http_error(ValueError("plain")) is None  # a 500 with a traceback in the log
+    assert isinstance(protocol.error_for_status(403, "no", "GET resources"), PermissionError)
