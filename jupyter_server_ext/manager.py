@@ -343,8 +343,11 @@ class SessionManager(SessionKnobs):
             now_pid = self._kernel_pid(kid)
             if pid is None or (now_pid == pid and _alive(pid)):
                 continue
-            if not self.stop_on_kernel_restart and now_pid is not None and _alive(now_pid):
-                self._owner_pids[kid] = now_pid  # restarted, and the user keeps sessions across restarts
+            if not self.stop_on_kernel_restart:
+                # the user keeps sessions across restarts: a kernel still listed is restarted or
+                # mid-restart (its old process reaped, no new one yet), never dead
+                if now_pid is not None and _alive(now_pid):
+                    self._owner_pids[kid] = now_pid
                 continue
             dead.add(kid)
         return dead
