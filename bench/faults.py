@@ -324,11 +324,13 @@ def is_state(ev, state: str) -> bool:
 async def row_worker_hang(tmp: Path, fault: str) -> dict:
     label = {"hang": "worker hang (`hang`)", "hang,ignore-sigterm": "worker hang, ignores SIGTERM (`hang,ignore-sigterm`)"}[fault]
     base = local_counters()
-    sup = lx.Supervisor(grace=HANG_GRACE, term_grace=HANG_TERM_GRACE)
+    from loquilex_nb.testing import faulty_worker
+
+    sup = lx.Supervisor(grace=HANG_GRACE, term_grace=HANG_TERM_GRACE, worker_argv=faulty_worker.argv(*fault.split(",")))
     events: list = []
     stop = asyncio.Event()
     sid = f"fault-{uuid.uuid4().hex[:8]}"
-    session = await sup.create(build_config(lx.PushSource(), sid=sid, output_root=tmp), sid=sid, worker_env={"LOQUILEX_WORKER_FAULT": fault})
+    session = await sup.create(build_config(lx.PushSource(), sid=sid, output_root=tmp), sid=sid)
     reader = asyncio.create_task(collect(session, events, stop))
     try:
         await wait_events(events, lambda e: any(is_state(x, "running") for x in e), EVENT_TIMEOUT, "running")
@@ -345,7 +347,7 @@ async def row_worker_hang(tmp: Path, fault: str) -> dict:
     left = await local_settle(base, [session.pid])
     row = {
         "fault": label, "mode": "embedded",
-        "how": f"`Supervisor(grace={HANG_GRACE:g}, term_grace={HANG_TERM_GRACE:g})`, worker env `LOQUILEX_WORKER_FAULT={fault}`; after `running` feed speech, then `stop()`",
+        "how": f"`Supervisor(grace={HANG_GRACE:g}, term_grace={HANG_TERM_GRACE:g})`, worker `python -m loquilex_nb.testing.faulty_worker {fault}` (`worker_argv`; from `running` on its main thread is stuck in a native call); after `running` feed speech, then `stop()`",
         "user_sees": ev_story(events), "end": end.kind, "end_detail": end.detail,
         "expected_end": "terminated" if fault == "hang" else "killed",
         "events": lost([e.seq for e in events], session.seq),

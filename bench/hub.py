@@ -261,7 +261,8 @@ def hub_markdown(h: dict, table: Callable) -> str:
         f"- `DELETE /hub/api/users/{ds['user']}/server` (the spawner's SIGINT): its last worker gone after **{ds['workers_gone_s']} s**, "
         f"the server after {ds['server_gone_s']} s; its sessions ended {ds['ends']}, sockets closed {ds['closes']}.",
         f"- hub SIGTERM with the other {hs['sessions']} sessions running (per user one client through the proxy, one direct to "
-        "the server's port: the hub stops its proxy at the same moment as the servers, so proxied sockets are cut before `eos`): hub exited after {hs['hub_exit_s']} s, every process it "
+        "the server's port: the hub stops its proxy at the same moment as the servers, so proxied sockets are cut before `eos`): "
+        f"hub exited after {hs['hub_exit_s']} s, every process it "
         f"started gone after {hs['all_gone_s']} s; sessions ended {hs['ends']}, sockets closed {hs['closes']}; "
         f"processes left: {len(hs['processes_left'])}.",
     ])

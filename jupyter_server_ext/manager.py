@@ -133,6 +133,7 @@ class SessionManager(SessionKnobs):
         self.event_logger = event_logger if self.stop_on_kernel_restart else None
         self._owner_pids: dict[str, int | None] = {}
         self._sweeper: asyncio.Task | None = None
+        self.sweeps = 0
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
 
@@ -372,6 +373,7 @@ class SessionManager(SessionKnobs):
                 await self.sweep_once()
             except Exception:
                 log.exception("loquilex sweep failed")
+            self.sweeps += 1  # lets a test wait for "N sweeps passed" instead of guessing a time
 
 
 def _alive(pid: int) -> bool:

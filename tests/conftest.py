@@ -99,3 +99,20 @@ async def wait_until(predicate, timeout: float, what: str) -> None:
 @pytest.fixture
 def output_root(tmp_path):
     return tmp_path / "captions"
+
+
+@pytest.fixture
+def event_waits(monkeypatch):
+    """The seqs every reader asked the supervisor's sessions for events after, one per wait:
+    a reader woken by a timer shows up here with no event to show for it."""
+    from loquilex_nb.supervisor.session import Session
+
+    waits: list[int] = []
+    real = Session.next_events
+
+    async def counted(self, seq, timeout=None):
+        waits.append(seq)
+        return await real(self, seq, timeout)
+
+    monkeypatch.setattr(Session, "next_events", counted)
+    return waits

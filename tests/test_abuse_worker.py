@@ -19,6 +19,7 @@ from loquilex_nb.core.sources import PushSource
 from loquilex_nb.core.config import LANGUAGES, build_asr_config, option_names
 from loquilex_nb.core.paths import open_beneath
 from loquilex_nb.supervisor.supervisor import Supervisor
+from loquilex_nb.testing import faulty_worker
 
 
 def spawn_worker():
@@ -120,7 +121,7 @@ def test_a_flooded_worker_leaves_within_a_second_of_sigterm(output_root):
 @pytest.mark.leak_settle(15)
 async def test_shutdown_time_does_not_grow_with_slow_starting_sessions(output_root):
     """Item 10: 8 sessions stuck loading their model; one overall deadline for all."""
-    sup = Supervisor(max_sessions=8, grace=3.0, term_grace=2.0, worker_env={"LOQUILEX_WORKER_FAULT": "slow-start"})
+    sup = Supervisor(max_sessions=8, grace=3.0, term_grace=2.0, worker_argv=faulty_worker.argv("slow-start"))
     pids = []
     for i in range(8):
         s = await sup.create(build_config(PushSource(), sid=f"s{i}", output_root=output_root), sid=f"s{i}")

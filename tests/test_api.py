@@ -1,17 +1,19 @@
 """The embedded notebook API end to end, with the real model and real workers."""
 
+import statistics
 import threading
+import time
 
 import numpy as np
 import psutil
 import pytest
 import srt
 import webvtt
+from conftest import FIXTURES, SAMPLE, assert_wer_near_batch, gone, pcm16
 
 import loquilex_nb as lx
+from loquilex_nb.core.events import STATES
 from loquilex_nb.supervisor.runtime import RUNTIME
-
-from conftest import FIXTURES, SAMPLE, assert_wer_near_batch, gone, pcm16
 
 
 def loop_threads():
@@ -25,6 +27,8 @@ def test_file_session_transcribes_and_writes_parsable_captions(output_root):
     assert [e.seq for e in events] == list(range(1, len(events) + 1)), "seq must be gap-free from 1"
     assert {e.type for e in events} <= {"status", "asr.partial", "asr.final", "error", "eos"}
     assert events[-1].type == "eos" and s.end.kind == "clean" and s.status == "stopped"
+    # a server client takes each of these (it dropped the worker's own `finished` once)
+    assert {"finished", "stopped"} <= {e.data["state"] for e in events if e.type == "status"} <= set(STATES)
     finals = [e for e in events if e.type == "asr.final"]
     assert finals == s.finals and len(finals) >= 5
     assert_wer_near_batch(FIXTURES / "speech.wav", s.text)
@@ -44,7 +48,7 @@ def test_file_session_transcribes_and_writes_parsable_captions(output_root):
     assert [c.text for c in cues] == [f.text for f in finals]
     starts = [c.start_in_seconds for c in cues]
     assert starts == sorted(starts)
-    assert all(a.end_in_seconds <= b.start_in_seconds for a, b in zip(cues, cues[1:]))
+    assert all(a.end_in_seconds <= b.start_in_seconds for a, b in zip(cues, cues[1:], strict=False))
     subs = list(srt.parse(out["srt"].read_text()))
     assert [x.content for x in subs] == [f.text for f in finals]
     assert out["final"].read_text().splitlines() == [f.text for f in finals]
@@ -95,6 +99,46 @@ async def test_async_session(output_root):
     assert loop_threads() == []
 
 
+def test_events_wake_on_each_event_not_on_a_timer(output_root, event_waits):
+    """An idle session costs its reader no wake-ups, and each event reaches it promptly."""
+    waits = event_waits
+    published: dict[int, float] = {}
+    got: list[tuple[lx.Event, float]] = []
+
+    def read(s):
+        for ev in s.events():
+            got.append((ev, time.monotonic()))
+
+    def states():
+        return [ev.data["state"] for ev, _ in list(got) if ev.type == "status"]
+
+    with lx.session(lx.PushSource(), output_root=output_root) as s:
+        core = RUNTIME.supervisor.get(s.id)
+
+        async def subscribe():  # on the loop, where the supervisor publishes
+            core.subscribe(lambda ev: published.setdefault(ev.seq, time.monotonic()))
+
+        RUNTIME.call(lambda _sup: subscribe())
+        reader = threading.Thread(target=read, args=(s,), name="test-reader")
+        reader.start()
+        deadline = time.monotonic() + 120
+        while "running" not in states():
+            assert time.monotonic() < deadline and reader.is_alive(), "never running"
+            time.sleep(0.02)
+        time.sleep(0.1)  # the reader is back in its wait
+        waits_before, events_before = len(waits), len(got)
+        time.sleep(1.5)  # no audio: nothing to say
+        idle_waits, idle_events = len(waits) - waits_before, len(got) - events_before
+        s.stop()
+        reader.join(30)
+    assert not reader.is_alive()
+    assert idle_waits <= idle_events, f"the reader woke {idle_waits} times for {idle_events} events: a timer, not the log"
+    delays = [t - published[ev.seq] for ev, t in got if ev.seq in published]
+    assert len(delays) >= 4, got  # stopping, finished, stopped, eos at least
+    assert statistics.median(delays) < 0.2, delays
+    assert got[-1][0].type == "eos"
+
+
 def test_keyboard_interrupt_inside_with_block_stops_everything(output_root):
     with pytest.raises(KeyboardInterrupt):
         with lx.session(lx.PushSource(), output_root=output_root) as s:
@@ -110,7 +154,7 @@ def test_exception_inside_with_block_stops_everything(output_root):
     with pytest.raises(ZeroDivisionError):
         with lx.session(str(SAMPLE), realtime=True, output_root=output_root) as s:
             pid = s.pid
-            1 / 0
+            raise ZeroDivisionError("inside the block")
     assert gone(pid, 0.1) and s.end is not None and loop_threads() == []
 
 

@@ -22,11 +22,10 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 import loquilex_nb as lx
 from loquilex_nb import backends
-from loquilex_nb.remote import client
-from loquilex_nb.remote import discovery
 from loquilex_nb.core.audio import pcm_to_float32
-from loquilex_nb.remote.client import RemoteBackend, end_from_dict, event_from_envelope, event_from_wire, f32le_to_s16le
 from loquilex_nb.core.events import EndReason, Event
+from loquilex_nb.remote import client, discovery
+from loquilex_nb.remote.client import RemoteBackend, end_from_dict, event_from_envelope, event_from_wire, f32le_to_s16le
 
 
 @pytest.fixture(autouse=True)
@@ -446,6 +445,22 @@ async def test_push_session_through_the_socket(tmp_path):
         acks = [m["seq"] for m in fake.messages if m["type"] == "ack"]
         assert acks == sorted(acks) and all(a <= len(fake.events) for a in acks)
         assert fake.deletes == 0, "a socket stop needs no DELETE"
+
+
+async def test_the_client_takes_every_state_the_server_sends(tmp_path):
+    # README: starting → running → (stopping) → finished → stopped | failed; `finished` is the
+    # worker's own report, relayed by the server like the rest
+    async with fake_server(tmp_path) as fake:
+        s = lx.session(lx.PushSource(), backend=backend_for(fake))
+        async with s as a:
+            for state in ("stopping", "finished"):
+                fake.emit("status", data={"state": state, "reason": "stop"})
+                await until(lambda state=state: s.status == state)
+            await a.stop()
+            events = [e async for e in a]
+        assert s.status == "stopped"
+        states = [e.data["state"] for e in events if e.type == "status"]
+        assert states == ["starting", "running", "stopping", "finished", "stopped"]
 
 
 async def test_drops_are_invisible_to_the_handle(tmp_path):

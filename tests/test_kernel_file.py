@@ -8,12 +8,12 @@ paced at the speed of speech for `realtime=True` and as fast as the server takes
 import shutil
 import time
 
+import pytest
+from conftest import FIXTURES, wer
+from test_server_client import server, started  # noqa: F401  (fixtures)
+
 import loquilex_nb as lx
 
-from conftest import FIXTURES, wer
-import pytest
-
-from test_server_client import server, started  # noqa: F401  (fixtures)
 
 @pytest.fixture
 def jp_server_config():
@@ -32,7 +32,7 @@ async def caption(path, **options):
         return s, events, time.monotonic() - t0
 
 
-async def test_a_file_only_the_kernel_reads_gives_what_a_server_file_gives(server, jp_serverapp, jp_root_dir, tmp_path):
+async def test_a_file_only_the_kernel_reads_gives_what_a_server_file_gives(server, jp_serverapp, jp_root_dir, tmp_path):  # noqa: F811  (the imported fixture)
     outside = tmp_path / "kernel-only" / "speech.wav"
     outside.parent.mkdir()
     shutil.copy(FIXTURES / "speech.wav", outside)
@@ -52,7 +52,7 @@ async def test_a_file_only_the_kernel_reads_gives_what_a_server_file_gives(serve
         assert s.outputs["final"].read_text().strip()
 
 
-async def test_realtime_streams_at_the_speed_of_speech(server, tmp_path):
+async def test_realtime_streams_at_the_speed_of_speech(server, tmp_path):  # noqa: F811  (the imported fixture)
     outside = tmp_path / "short.wav"
     shutil.copy(FIXTURES / "short.wav", outside)
     s, events, took = await caption(outside, realtime=True)
@@ -60,7 +60,7 @@ async def test_realtime_streams_at_the_speed_of_speech(server, tmp_path):
     assert events[-1].type == "eos" and s.end.kind == "clean" and s.finals
 
 
-async def test_closing_early_stops_the_stream(server, tmp_path):
+async def test_closing_early_stops_the_stream(server, tmp_path):  # noqa: F811  (the imported fixture)
     outside = tmp_path / "speech.wav"
     shutil.copy(FIXTURES / "speech.wav", outside)
     async with lx.session(str(outside), realtime=True) as s:

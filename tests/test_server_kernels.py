@@ -76,6 +76,20 @@ async def shutdown_kernel(jp_fetch, kid, timeout=20.0):
         await asyncio.sleep(0.2)
 
 
+async def sweeps_pass(manager, n: int, timeout: float = 30.0) -> None:
+    """Wait until the kernel sweep has run n more times (what "nothing happened" must survive).
+
+    With the sweep off (a long interval) there is nothing to wait for.
+    """
+    if manager.sweep_interval > 5:
+        return
+    target = manager.sweeps + n
+    deadline = time.monotonic() + timeout
+    while manager.sweeps < target:
+        assert time.monotonic() < deadline, f"only {manager.sweeps - target + n} of {n} sweeps ran in {timeout} s"
+        await asyncio.sleep(0.05)
+
+
 async def post_session(jp_fetch, body):
     r = await jp_fetch("loquilex", "api", "sessions", method="POST", body=json.dumps(body))
     assert r.code == 201
@@ -147,7 +161,7 @@ paths = pytest.mark.parametrize("jp_server_config", [BOTH, EVENTS_ONLY], indirec
 
 
 @paths
-async def test_kernel_restart_stops_its_sessions(jp_serverapp, jp_fetch, kernels):
+async def test_kernel_restart_stops_its_sessions(jp_serverapp, jp_fetch, kernels, manager):
     kid = await kernels()
     owned, free = await owned_pair(jp_fetch, kid)
     old_pid = kernel_pid(jp_serverapp, kid)
@@ -160,7 +174,7 @@ async def test_kernel_restart_stops_its_sessions(jp_serverapp, jp_fetch, kernels
     # the other session is untouched, and the restarted kernel can own new sessions
     assert json.loads((await jp_fetch("loquilex", "api", "sessions", free["id"])).body)["end"] is None
     again = await post_session(jp_fetch, {"source": {"kind": "push"}, "kernel_id": kid})
-    await asyncio.sleep(1.0)  # several sweeps: the new kernel pid is not mistaken for a dead one
+    await sweeps_pass(manager, 3)  # the new kernel pid is not mistaken for a dead one
     assert json.loads((await jp_fetch("loquilex", "api", "sessions", again["id"])).body)["end"] is None
     for s in (free, again):
         await jp_fetch("loquilex", "api", "sessions", s["id"], method="DELETE")
@@ -205,12 +219,12 @@ async def test_sigkilled_kernel_stops_its_sessions(jp_serverapp, jp_fetch, kerne
 
 
 @pytest.mark.parametrize("jp_server_config", [{"stop_on_kernel_restart": False}], indirect=True, ids=["keep-on-restart"])
-async def test_stop_on_kernel_restart_false_keeps_sessions(jp_serverapp, jp_fetch, kernels):
+async def test_stop_on_kernel_restart_false_keeps_sessions(jp_serverapp, jp_fetch, kernels, manager):
     kid = await kernels()
     owned = await post_session(jp_fetch, {"source": {"kind": "push"}, "kernel_id": kid})
     try:
         await jp_fetch("api", "kernels", kid, "restart", method="POST", body="")
-        await asyncio.sleep(1.5)  # five sweeps
+        await sweeps_pass(manager, 5)
         info = json.loads((await jp_fetch("loquilex", "api", "sessions", owned["id"])).body)
         assert info["state"] in ("starting", "running") and info["end"] is None, info
     finally:

@@ -11,7 +11,9 @@ import pytest
 import loquilex_nb as lx
 from loquilex_nb.core.config import build_config
 from loquilex_nb.core.errors import SessionLimitError
+from loquilex_nb.worker.signals import EXIT_DEADLINE_S
 from loquilex_nb.supervisor.supervisor import Supervisor
+from loquilex_nb.testing import faulty_worker
 
 from conftest import FIXTURES, gone, wait_state, wait_until
 
@@ -39,23 +41,54 @@ async def test_polite_stop_is_clean_and_reaped(output_root):
     await sup.shutdown()
 
 
+def wakeups(pid: int) -> int:
+    """Context switches of every thread of the process so far (a thread that sleeps on a
+    timer adds one each time it wakes)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/status") as f:
+            total += sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+    return total
+
+
+async def test_an_idle_worker_sleeps_until_something_arrives(output_root):
+    """No timer wakes an idle worker (it used to poll its queue every 50 ms and its signal
+    pipe every 100 ms: 30 wake-ups a second); it still answers a stop at once."""
+    sup = Supervisor(grace=10.0)
+    session = await sup.create(push_config(output_root))
+    await wait_state(session, "running")
+    await asyncio.sleep(0.5)  # the start-up's last writes settle
+    before = wakeups(session.pid)
+    await asyncio.sleep(2.0)
+    woke = wakeups(session.pid) - before
+    assert woke <= 4, f"an idle worker woke {woke} times in 2 s"
+    end = await sup.stop(session.id)
+    assert end.kind == "clean"
+    await sup.shutdown()
+
+
 async def test_worker_deaf_to_stop_gets_sigterm_after_grace(output_root):
-    sup = Supervisor(grace=0.5, term_grace=5.0)
-    session = await sup.create(push_config(output_root), worker_env={"LOQUILEX_WORKER_FAULT": "hang"})
+    """Its main thread is stuck in native code: only the worker's signal watcher sees the SIGTERM,
+    and it leaves once the main thread overruns its exit deadline (it cannot finish the session)."""
+    sup = Supervisor(grace=0.5, term_grace=5.0, worker_argv=faulty_worker.argv("hang"))
+    session = await sup.create(push_config(output_root))
     await wait_state(session, "running")
     t = time.monotonic()
     end = await session.stop()
     elapsed = time.monotonic() - t
     assert end.kind == "terminated", end
-    assert 0.5 <= elapsed < 5.0
+    assert 0.5 + EXIT_DEADLINE_S <= elapsed < 5.0, "SIGTERM after the grace, then the worker's own exit deadline"
+    assert end.exit_code == 6, end  # the watcher's os._exit: the stuck main thread never finished
+    assert not any(e.type == "status" and e.data.get("state") == "finished" for e in session.log)
+    assert any(e.type == "error" and e.data.get("code") == "worker-exit" for e in session.log)
     assert session.state == "stopped"
     assert gone(session.pid, 0.5)
     await sup.shutdown()
 
 
 async def test_worker_ignoring_sigterm_is_killed_after_both_graces(output_root):
-    sup = Supervisor(grace=0.5, term_grace=0.7)
-    session = await sup.create(push_config(output_root), worker_env={"LOQUILEX_WORKER_FAULT": "hang,ignore-sigterm"})
+    sup = Supervisor(grace=0.5, term_grace=0.7, worker_argv=faulty_worker.argv("hang", "ignore-sigterm"))
+    session = await sup.create(push_config(output_root))
     await wait_state(session, "running")
     t = time.monotonic()
     end = await session.stop()
@@ -86,9 +119,9 @@ async def test_worker_killed_from_outside_fails_with_error_event(output_root):
 
 
 async def test_crash_keeps_finals_already_written(output_root):
-    sup = Supervisor()
+    sup = Supervisor(worker_argv=faulty_worker.argv("crash-after-final"))
     cfg = build_config(str(FIXTURES / "speech.wav"), sid="crash", realtime=False, output_root=output_root)
-    session = await sup.create(cfg, worker_env={"LOQUILEX_WORKER_FAULT": "crash-after-final"})
+    session = await sup.create(cfg)
     end = await session.wait(60)
     assert end.kind == "crashed" and session.state == "failed"
     finals = [e for e in session.log if e.type == "asr.final"]

@@ -13,11 +13,11 @@ import pytest
 
 pytest.importorskip("ipywidgets")
 
+from conftest import FIXTURES, gone, pcm16
+
 import loquilex_nb as lx
 from loquilex_nb.core.resources import process_counters
 from loquilex_nb.ui.widgets import CaptionView, ResourceMonitor
-
-from conftest import FIXTURES, gone, pcm16
 
 
 @pytest.fixture(autouse=True)
@@ -191,6 +191,26 @@ def test_caption_view_close_is_prompt_on_an_idle_session(tmp_path):
         view.close()
 
 
+def test_caption_view_wakes_on_events_not_on_a_timer(tmp_path, event_waits):
+    waits = event_waits
+    with lx.session(lx.PushSource(), output_root=tmp_path) as s:
+        view = CaptionView(s)
+        try:
+            deadline = time.monotonic() + 120
+            while view.state != "running":
+                assert time.monotonic() < deadline, "the view never saw running"
+                time.sleep(0.02)
+            time.sleep(0.1)
+            before = len(waits)
+            time.sleep(1.5)  # an idle session: no events, so no reason to wake
+            assert len(waits) - before == 0, "the view polled the session"
+            s.stop()
+            assert view.wait(20) and view.state == "stopped"
+        finally:
+            view.close()
+    assert not view.thread.is_alive()
+
+
 def test_caption_view_of_a_session_not_started_yet(tmp_path):
     never = lx.session(lx.PushSource(), output_root=tmp_path)
     view = CaptionView(never)
@@ -212,6 +232,20 @@ def test_caption_view_of_a_session_not_started_yet(tmp_path):
         assert "clean" in view.status_html.value
     finally:
         view.close()
+
+
+def test_caption_view_follows_a_session_once_it_starts(tmp_path):
+    later = lx.session(lx.PushSource(), output_root=tmp_path)
+    view = CaptionView(later)
+    try:
+        assert view.state == "created" and view.thread.is_alive()
+        with later:  # the start itself wakes the view: it never looks on a timer
+            later.stop()
+            assert view.wait(20), "the view did not follow the session it waited for"
+        assert view.state == "stopped" and "clean" in view.status_html.value
+    finally:
+        view.close()
+    assert not view.thread.is_alive()
 
 
 def test_caption_view_of_a_stopped_session_has_no_thread(tmp_path):

@@ -8,19 +8,18 @@ from typing import Any
 # asr.revision: a later, better text for an earlier final (same segment_id); never coalesced
 EVENT_TYPES = ("status", "asr.partial", "asr.final", "asr.revision", "error", "eos")
 
-# A session's state (`s.state`, `info()["state"]`), in the order it moves through them:
+# Every state a session reports, in the order it moves through them:
 #   starting  the worker is spawned and loads the model
 #   running   the model is loaded; audio is decoded as it comes
 #   stopping  a stop was asked (stop(), DELETE, `stop` message, kernel restart, shutdown)
+#   finished  the worker's own report: all the audio it will decode is decoded and the caption
+#             files are complete; it exits next. Only a status event carries it (and a kernel's
+#             view of a server session, `s.state`): the supervisor's own `state` (embedded
+#             `s.state`, the server's `info()["state"]`) goes from running/stopping to the end.
 #   stopped   the worker is gone and was reaped; `end` says how (any kind but crashed)
-#   failed    the worker crashed, or (server mode) the connection to the server was lost
+#   failed    the worker crashed, or (server mode) the kernel lost the server
 # stopped and failed are final; stopping is skipped when the audio simply runs out.
-STATES = ("starting", "running", "stopping", "stopped", "failed")
-# The `state` a status event carries: the states above, and `finished` from the worker (all
-# the audio it will decode is decoded, the caption files are complete) just before it exits.
-# `finished` is a milestone, not a state: `s.state` stays running or stopping until the
-# supervisor reaps the worker. In order: starting, running, (stopping), finished, stopped | failed.
-STATUS_STATES = ("starting", "running", "stopping", "finished", "stopped", "failed")
+STATES = ("starting", "running", "stopping", "finished", "stopped", "failed")
 
 # How a session ended (`EndReason.kind`, `s.end.kind`, the `end` of the last status and eos):
 END_KINDS = {

@@ -96,15 +96,16 @@ class StreamingRecognizer:
                 self._forced_split(end)
         self._trim()
 
-    def tick(self, backlogged: bool) -> None:
+    def tick(self, backlogged: bool) -> bool:
         """Live schedule: a partial when enough new audio arrived and we are caught up; with
-        time to spare, a revision of an older final."""
+        time to spare, a revision of an older final. True if it did one (there may be more);
+        False means nothing is due until more audio arrives (the schedule counts samples)."""
         if not self.live or backlogged:
-            return
+            return False
         if self.utt_start is not None and self.total - self.last_partial_at >= self.cfg.partial_interval * SAMPLE_RATE:
             self._partial()
-            return
-        self.revisions.run_one(self.total)
+            return True
+        return self.revisions.run_one(self.total)
 
     def finalize(self, decode: bool = True) -> None:
         """Commit everything heard so far. decode=False reuses the last partial (fast exit)."""
