@@ -24,31 +24,20 @@ from pathlib import Path
 from typing import Callable
 
 import psutil
-from tornado.httpclient import AsyncHTTPClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import REPO, summary  # noqa: E402
-from server import SPEECH, JupyterServer, bench_latency, fan_round  # noqa: E402
+from fanout import fan_round  # noqa: E402
+from latency import bench_latency  # noqa: E402
+from server import SPEECH, ServerClient as Route  # noqa: E402
+
+from loquilex_nb.testing.jupyter import ONLY_LOQUILEX  # noqa: E402
 
 sys.path.insert(0, str(REPO / "deploy" / "jupyterhub"))
 from localhub import LocalHub  # noqa: E402
 
 USERS = ["u1", "u2", "u3", "u4"]
 SESSIONS_PER_USER = 2
-ONLY_OURS = (
-    "--ServerApp.jpserver_extensions={'jupyter_server_ext': True, 'jupyterlab': False, 'jupyter_lsp': False, "
-    "'notebook_shim': False, 'jupyter_server_terminals': False}"
-)
-
-
-class Route(JupyterServer):
-    """bench/server.py's client side of a server, at a given base URL (proxy or direct)."""
-
-    def __init__(self, base: str, token: str) -> None:
-        self.base = base if base.endswith("/") else base + "/"
-        self.ws_base = "ws" + self.base[len("http"):]
-        self.token = token
-        self.http = AsyncHTTPClient(force_instance=True, max_clients=64)
 
 
 def _alive(pid: int) -> bool:
@@ -198,7 +187,7 @@ def _r(x):
 
 
 async def bench_hub(tmp: Path, quick: bool, log: Callable) -> dict:
-    hub = LocalHub(tmp / "hub", USERS, base_url="/lx/", args=[ONLY_OURS, "--LoquilexApp.max_sessions=8"])
+    hub = LocalHub(tmp / "hub", USERS, base_url="/lx/", args=[ONLY_LOQUILEX, "--LoquilexApp.max_sessions=8"])
     t0 = time.monotonic()
     try:
         await asyncio.get_running_loop().run_in_executor(None, hub.start)

@@ -299,7 +299,9 @@ class SessionManager(SessionKnobs):
         by_kernel: dict[str, int] = {}
         for s in self.supervisor.list():
             figures = worker_figures(s.pid).as_dict() if s.pid else {}
-            sessions.append({"sid": s.id, "state": s.state, "owner": s.owner, **figures})
+            # WebSockets open to it (hello or not): what a watching client costs the server
+            conns = len(self.hub.sockets.get(s.id, ()))
+            sessions.append({"sid": s.id, "state": s.state, "owner": s.owner, "connections": conns, **figures})
             if s.owner:
                 by_kernel[s.owner] = by_kernel.get(s.owner, 0) + 1
         return {

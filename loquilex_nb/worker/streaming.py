@@ -167,7 +167,10 @@ class StreamingRecognizer:
         inside a word makes Whisper stumble), and the prompt is only the text *before* that
         audio: a prompt that repeats the audio makes Whisper copy it or skip the audio.
         """
-        lo, ctx_len = start - PAD, len(self.context)
+        # without left context the prompt still stops before this audio: a revision's own
+        # final (and any later one) is already in self.context
+        ctx_len = next((before for s, _, before in self.spans if s >= start), len(self.context))
+        lo = start - PAD
         for s, e, before in self.spans:
             if s >= start - left and e <= start and s >= self.buf_start:
                 lo, ctx_len = min(s - int(0.1 * SAMPLE_RATE), start - PAD), before
