@@ -17,9 +17,23 @@ import logging
 from typing import Any, MutableMapping
 
 from jupyter_server._tz import utcnow
+from traitlets import Bool, Float
+
+from .knobs import Knobs
 
 SETTINGS_KEY = "loquilex_last_activity"
 log = logging.getLogger("loquilex.server")
+
+
+class ActivityKnobs(Knobs):
+    """ActivityReporter's configuration (LoquilexApp's traitlets of the same names)."""
+
+    idle_sessions_keep_alive = Bool(
+        False,
+        help="Count an open session that hears nothing as server activity, so idle culling (jupyterhub-idle-culler, "
+        "shutdown_no_activity_timeout) spares the server; sessions producing events always count.",
+    ).tag(config=True)
+    activity_interval = Float(5.0, help="Seconds between updates of the server's last_activity from running sessions.").tag(config=True)
 
 
 class ActivityReporter:

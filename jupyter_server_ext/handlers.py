@@ -12,19 +12,22 @@ from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
 from tornado.websocket import WebSocketHandler
 
-from loquilex_nb.core.errors import SessionEnded, SessionLimitError
+from loquilex_nb.core.config import caption_file
+from loquilex_nb.core.errors import SessionEnded
+from loquilex_nb.core.protocol import BAD_JSON, CLOSE_POLICY, CLOSE_TRY_LATER, CLOSE_UNKNOWN_SESSION, TOO_BIG, envelope, http_error
+from loquilex_nb.supervisor.session import Session
 
-from .hub import CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_LATER, Connection, envelope
-from .manager import BadRequest, Conflict, SessionManager
+from .hub import Connection
+from .manager import SessionManager
 
 AUTH_RESOURCE = "loquilex"
 MAX_BODY = 64 * 1024  # a session request is a few hundred bytes
 # each client message needs the action of its REST twin (GET / POST finalize / DELETE)
 WS_ACTIONS = {"hello": "read", "ack": "read", "hb": "read", "pcm": "write", "finalize": "write", "stop": "write"}
-CAPTION_FILES = {
-    "vtt": ("captions.vtt", "text/vtt; charset=utf-8", "vtt"),
-    "srt": ("captions.srt", "application/x-subrip; charset=utf-8", "srt"),
-    "txt": ("final.txt", "text/plain; charset=utf-8", "txt"),
+CONTENT_TYPES = {
+    "vtt": "text/vtt; charset=utf-8",
+    "srt": "application/x-subrip; charset=utf-8",
+    "txt": "text/plain; charset=utf-8",
 }
 
 
@@ -38,6 +41,13 @@ class BaseHandler(APIHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": code, "message": message}))
+
+    def fail_for(self, exc: Exception) -> None:
+        """Answer an exception the protocol names (core.protocol.HTTP_ERRORS); others are bugs."""
+        answer = http_error(exc)
+        if answer is None:
+            raise exc
+        self.fail(*answer, str(exc))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -63,21 +73,15 @@ class SessionsHandler(BaseHandler):
     @authorized
     async def post(self) -> None:
         if len(self.request.body or b"") > MAX_BODY:
-            return self.fail(413, "too-big", f"the request body is over {MAX_BODY} bytes")
+            return self.fail(*TOO_BIG, f"the request body is over {MAX_BODY} bytes")
         try:
             body = json.loads(self.request.body or b"{}")
         except (ValueError, RecursionError):
-            return self.fail(400, "bad-json", "the request body is not valid JSON (or nested too deeply)")
+            return self.fail(*BAD_JSON, "the request body is not valid JSON (or nested too deeply)")
         try:
             session = await self.manager.create(body)
-        except BadRequest as exc:
-            return self.fail(400, "bad-request", str(exc))
-        except Conflict as exc:
-            return self.fail(409, "conflict", str(exc))
-        except SessionLimitError as exc:
-            return self.fail(429, "too-many-sessions", str(exc))
-        except RuntimeError as exc:
-            return self.fail(503, "unavailable", str(exc))
+        except (ValueError, RuntimeError) as exc:
+            return self.fail_for(exc)
         self.set_status(201)
         self.finish(session.info())
 
@@ -104,7 +108,7 @@ class FinalizeHandler(BaseHandler):
         try:
             await session.finalize()
         except SessionEnded as exc:
-            return self.fail(409, "session-ended", str(exc))
+            return self.fail_for(exc)
         self.set_status(204)
         self.finish()
 
@@ -114,16 +118,15 @@ class CaptionsHandler(BaseHandler):
     @authorized
     async def get(self, sid: str, fmt: str) -> None:
         session = self.session_or_404(sid)
-        name, ctype, wanted = CAPTION_FILES[fmt]
-        if wanted not in session.config.formats:
+        if fmt not in session.config.formats:
             raise web.HTTPError(404, f"session {sid!r} does not write {fmt} captions")
-        path = f"{session.config.out_dir}/{name}"
+        path = f"{session.config.out_dir}/{caption_file(fmt)}"
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
         except FileNotFoundError:
             raise web.HTTPError(404, f"no {fmt} captions for session {sid!r}") from None
-        self.finish(text, set_content_type=ctype)
+        self.finish(text, set_content_type=CONTENT_TYPES[fmt])
 
 
 class ResourcesHandler(BaseHandler):
@@ -151,12 +154,18 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
     def initialize(self, manager: SessionManager) -> None:
         self.manager = manager
         self.conn: Connection | None = None
-        self.session = None
+        self._session: Session | None = None
         self.registered = False
         self._hello_timer: asyncio.TimerHandle | None = None
 
     @property
-    def max_message_size(self) -> int:  # type: ignore[override]
+    def session(self) -> Session:
+        """The session `get` found; tornado calls nothing else of ours before it."""
+        assert self._session is not None
+        return self._session
+
+    @property
+    def max_message_size(self) -> int:
         """Tornado reads a whole frame before on_message: cap it near our own limit, not 10 MiB."""
         return 2 * self.manager.hub.limits.max_message_bytes + 65536
 
@@ -173,10 +182,10 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         session = self.manager.get(sid)
         if session is None:
             raise web.HTTPError(404, f"no session {sid!r}")  # refused before any state exists
-        self.session = session
+        self._session = session
         await super().get(sid)
 
-    async def open(self, sid: str) -> None:  # type: ignore[override]
+    async def open(self, sid: str) -> None:
         super().open()  # jupyter_server's ping loop
         hub = self.manager.hub
         refused = hub.admit_socket(sid, self)
@@ -262,13 +271,18 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             self.close(CLOSE_POLICY, "the first message must be hello {last_seq?, resume_token?}")
             return
         self._cancel_hello_timer()
+        if self.manager.get(self.session.id) is not self.session:
+            # forgotten (its replay window passed) while this socket waited to say hello:
+            # a channel now would pin a session the server no longer lists
+            self.close(CLOSE_UNKNOWN_SESSION, f"no session {self.session.id!r}")
+            return
         limits = self.manager.hub.limits
         conn = self.manager.hub.connection(self.session, self.write_message, self.close)
         self.conn = conn
         welcome = {
             "resume_token": conn.token,
-            "hb_interval": limits.hb_interval,
-            "hb_timeout": limits.hb_timeout,
+            "hb_interval": limits.heartbeat_interval,
+            "hb_timeout": limits.heartbeat_timeout,
             "replay_window": limits.replay_window,
             "limits": {
                 "max_message_bytes": limits.max_message_bytes,

@@ -13,51 +13,47 @@ import logging
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Callable
 
+from traitlets import Float, Int
+
 from loquilex_nb.core.events import Event
+from loquilex_nb.core.protocol import (
+    CLOSE_ENDED,
+    CLOSE_HB_TIMEOUT,
+    CLOSE_POLICY,
+    CLOSE_REPLACED,
+    CLOSE_SHUTDOWN,
+    CLOSE_SLOW,
+    envelope,
+    event_envelope,
+)
 from loquilex_nb.supervisor.session import Session
+
+from .knobs import Knobs
 
 log = logging.getLogger("loquilex.server")
 
-CLOSE_ENDED = 1000
-CLOSE_SHUTDOWN = 1001
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_SLOW = 4008
-CLOSE_HB_TIMEOUT = 4009
-CLOSE_REPLACED = 4010
-CLOSE_TRY_LATER = 1013
 MAX_ERRORS = 20
 SNAPSHOT_FINALS = 50
 
 
-@dataclass(frozen=True)
-class Limits:
-    hb_interval: float
-    hb_timeout: float
-    replay_window: float
-    send_queue_limit: int
-    max_message_bytes: int
-    max_messages_per_second: float
-    # abuse limits (see LoquilexApp's traitlets); the defaults suit tests that build Limits
-    hello_timeout: float = 10.0
-    max_connections: int = 256
-    max_connections_per_session: int = 32
-    max_audio_writers: int = 1
-    max_bytes_in_flight: int = 4 << 20
-    max_total_bytes_in_flight: int = 64 << 20
+class Limits(Knobs):
+    """Every bound the hub and the socket handler keep (LoquilexApp's traitlets of the same names)."""
 
-
-def envelope(type_: str, sid: str, seq: int | None, data: dict[str, Any] | None) -> dict[str, Any]:
-    return {"v": 1, "type": type_, "sid": sid, "seq": seq, "t_wall": time.time(), "t_mono": time.monotonic(), "data": data or {}}
-
-
-def event_envelope(ev: Event) -> dict[str, Any]:
-    body = ev.as_dict()
-    data = {k: body[k] for k in ("segment_id", "text", "t0", "t1", "words", "data") if k in body}
-    return {"v": 1, "type": ev.type, "sid": ev.sid, "seq": ev.seq, "t_wall": ev.t_wall, "t_mono": ev.t_mono, "data": data}
+    heartbeat_interval = Float(10.0, help="Seconds between server heartbeats on each WebSocket.").tag(config=True)
+    heartbeat_timeout = Float(60.0, help="A WebSocket silent for this long is closed (4009).").tag(config=True)
+    replay_window = Float(60.0, help="Seconds a dropped client can resume without a gap, from the disconnect.").tag(config=True)
+    send_queue_limit = Int(1000, help="Messages queued per WebSocket before the client is cut off (4008).").tag(config=True)
+    max_message_bytes = Int(1 << 20, help="Largest client message accepted.").tag(config=True)
+    max_messages_per_second = Float(400.0, help="Client messages per second per WebSocket (token bucket).").tag(config=True)
+    # against hostile or careless clients (issue 9)
+    hello_timeout = Float(10.0, help="A WebSocket that sends no hello within this many seconds is closed (1008).").tag(config=True)
+    max_connections = Int(256, help="WebSockets open at once in this server, over all sessions (more are closed with 1013).").tag(config=True)
+    max_connections_per_session = Int(32, help="WebSockets open at once to one session (more are closed with 1013).").tag(config=True)
+    max_audio_writers = Int(1, help="Connections that may feed audio to one push session; others get a writer-busy error.").tag(config=True)
+    max_bytes_in_flight = Int(4 << 20, help="PCM bytes accepted for one session and not yet taken by its worker; frames past it are dropped with an audio-dropped error.").tag(config=True)
+    max_total_bytes_in_flight = Int(64 << 20, help="The same bound over all sessions of this server.").tag(config=True)
 
 
 def snapshot(session: Session) -> dict[str, Any]:
@@ -151,14 +147,14 @@ class Connection:
                 if env["type"] == "eos":
                     return self._finish()
             while not self.closed:
-                if self.silent_for() > self.limits.hb_timeout:
+                if self.silent_for() > self.limits.heartbeat_timeout:
                     # checked on every turn: a busy stream must not hide a silent client
                     self.close(CLOSE_HB_TIMEOUT, "heartbeat timeout")
                     return
                 if not self._queue:
                     self._wake.clear()
                     try:
-                        await asyncio.wait_for(self._wake.wait(), self.limits.hb_interval)
+                        await asyncio.wait_for(self._wake.wait(), self.limits.heartbeat_interval)
                     except asyncio.TimeoutError:
                         self._heartbeat()
                     continue
@@ -175,7 +171,7 @@ class Connection:
         self.close(CLOSE_ENDED, "session ended")
 
     def _heartbeat(self) -> None:
-        if self.silent_for() > self.limits.hb_timeout:
+        if self.silent_for() > self.limits.heartbeat_timeout:
             self.close(CLOSE_HB_TIMEOUT, "heartbeat timeout")
             return
         self._queue.append((envelope("hb", self.channel.sid, None, {"queue_depth": len(self._queue), "dropped": self.dropped}), None))

@@ -21,11 +21,14 @@ from typing import Any
 
 from jupyter_server.auth.decorator import authorized
 from tornado import web
+from traitlets import Float
 
+from loquilex_nb.core.errors import BadRequest
 from loquilex_nb.supervisor.session import Session
 
 from .handlers import SessionsHandler
-from .manager import BadRequest, SessionManager
+from .knobs import Knobs
+from .manager import SessionManager
 
 log = logging.getLogger("loquilex.server")
 # Nobody is listening any more: the worker gets this long to finalize politely, then SIGTERM
@@ -56,6 +59,12 @@ class Lease:
         }
 
 
+class LeaseKnobs(Knobs):
+    """BrowserLeases' configuration (LoquilexApp's traitlet of the same name)."""
+
+    browser_lease = Float(10.0, help="A browser session no client was heard from for this many seconds is stopped.").tag(config=True)
+
+
 class BrowserLeases:
     def __init__(self, manager: SessionManager, lease: float, poll: float | None = None) -> None:
         self.manager = manager
@@ -74,7 +83,7 @@ class BrowserLeases:
             raise RuntimeError("the server is shutting down")
         session = await self.manager.create({**body, "source": {"kind": "push"}})
         now = time.monotonic()
-        lease = self.leases[session.id] = Lease(session, now, now)
+        self.leases[session.id] = Lease(session, now, now)
         self._prune()
         if self._task is None:
             self._task = asyncio.create_task(self._watch(), name="loquilex-browser-leases")

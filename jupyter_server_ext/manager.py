@@ -10,18 +10,23 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import psutil
+from traitlets import Bool, Float, Int, TraitError, Unicode, validate
 
 from loquilex_nb.core.audio import AudioError, probe
-from loquilex_nb.core.config import FORMATS, SessionConfig, build_asr_config, check_options, parse_formats
+from loquilex_nb.core.config import FORMATS, SessionConfig, build_asr_config, caption_file, check_options, parse_formats
+from loquilex_nb.core.errors import BadRequest, Conflict
 from loquilex_nb.core.paths import ensure_dir_under, open_beneath, relative_to_root, resolve_under
 from loquilex_nb.core.resources import process_counters, worker_figures
+from loquilex_nb.core.sources import check_source
+from loquilex_nb.supervisor.runtime import check_max_sessions
 from loquilex_nb.supervisor.session import Session
 from loquilex_nb.supervisor.supervisor import Supervisor
 
 from .hub import Hub, Limits
+from .knobs import Knobs
 
 log = logging.getLogger("loquilex.server")
 
@@ -29,17 +34,6 @@ KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
 CLIENT_FORBIDDEN = ("model", "output_root", "owner")
 SHUTDOWN_DRAIN = 2.0  # seconds the sockets get to deliver their sessions' last events
 SHUTDOWN_SLACK = 1.0  # of stop_timeout, for closing sockets and tasks after the sessions
-
-
-CAPTION_NAMES = ("captions.vtt", "captions.srt", "final.txt")
-
-
-class BadRequest(ValueError):
-    """A client error: becomes HTTP 400 with this message."""
-
-
-class Conflict(ValueError):
-    """The request collides with existing state (a folder in use): HTTP 409."""
 
 
 class Request(NamedTuple):
@@ -56,13 +50,17 @@ async def _in_own_thread(fn, *args, discard=None):
     loop = asyncio.get_running_loop()
     done = loop.create_future()
 
+    def settle(set_outcome: Callable[[Any], None], outcome: Any) -> None:
+        if not done.done():
+            set_outcome(outcome)
+
     def target() -> None:
         try:
             result = fn(*args)
         except BaseException as exc:
-            loop.call_soon_threadsafe(lambda e=exc: done.done() or done.set_exception(e))
+            loop.call_soon_threadsafe(settle, done.set_exception, exc)
         else:
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(result))
+            loop.call_soon_threadsafe(settle, done.set_result, result)
 
     thread = threading.Thread(target=target, name="loquilex-probe")
     thread.start()
@@ -91,29 +89,48 @@ def _mkdirs(target: Path, made: list[Path]) -> None:
         made.append(d)
 
 
-class SessionManager:
+class SessionKnobs(Knobs):
+    """The SessionManager's configuration (LoquilexApp's traitlets of the same names)."""
+
+    max_sessions = Int(8, help="Sessions that may run at once in this server.").tag(config=True)
+    model = Unicode("", help="CTranslate2 Whisper model directory (default: the bundled tiny.en).").tag(config=True)
+    stop_grace = Float(3.0, help="Seconds a worker gets to finish after a polite stop before SIGTERM.").tag(config=True)
+    term_grace = Float(2.0, help="Seconds after SIGTERM before SIGKILL.").tag(config=True)
+    replay_capacity = Int(10000, help="Events kept per session for late joiners and resume.").tag(config=True)
+    sweep_interval = Float(2.0, help="Seconds between checks for sessions whose kernel died or was culled.").tag(config=True)
+    stop_on_kernel_restart = Bool(True, help="Stop a kernel's sessions when it restarts.").tag(config=True)
+
+    @validate("max_sessions")
+    def _check_max_sessions(self, proposal):
+        try:  # the rule of lx.configure(max_sessions=...) in embedded mode
+            return check_max_sessions(proposal["value"], "LoquilexApp.max_sessions")
+        except ValueError as exc:
+            raise TraitError(str(exc)) from None
+
+
+class SessionManager(SessionKnobs):
+    """Owns the server's Supervisor (built from its knobs), the Hub and the kernel hooks."""
+
     def __init__(
         self,
         *,
         root_dir: str,
         output_root: str,
-        model: str | None,
-        supervisor: Supervisor,
         limits: Limits,
         kernel_manager: Any = None,
         event_logger: Any = None,
-        sweep_interval: float = 2.0,
-        stop_on_kernel_restart: bool = True,
+        **knobs: Any,
     ) -> None:
+        super().__init__(**knobs)
         self.root_dir = Path(root_dir).resolve()
         self.output_root = Path(output_root)
-        self.model = model
-        self.supervisor = supervisor
+        self.supervisor = Supervisor(
+            max_sessions=self.max_sessions, grace=self.stop_grace, term_grace=self.term_grace, log_capacity=self.replay_capacity,
+        )
         self.hub = Hub(limits)
         self.kernel_manager = kernel_manager
-        self.event_logger = event_logger
-        self.sweep_interval = sweep_interval
-        self.stop_on_kernel_restart = stop_on_kernel_restart
+        # restart and shutdown events reach us only when they should stop sessions
+        self.event_logger = event_logger if self.stop_on_kernel_restart else None
         self._owner_pids: dict[str, int | None] = {}
         self._sweeper: asyncio.Task | None = None
         self.sweeps = 0
@@ -176,20 +193,11 @@ class SessionManager:
         if kernel_id is not None:
             if not isinstance(kernel_id, str) or not self._kernel_exists(kernel_id):
                 raise BadRequest(f"kernel_id {str(kernel_id)[:80]!r} is not a running kernel of this server")
-        if not isinstance(source, Mapping):
-            raise BadRequest('source must be an object: {"kind": "file", "path": ...} or {"kind": "push"}')
-        extra = set(source) - {"kind", "path", "realtime"}
-        if extra:
-            raise BadRequest(f"unknown source key(s) {sorted(map(str, extra))[:10]}")
-        kind = source.get("kind")
-        if kind not in ("file", "push"):
-            raise BadRequest(f"source kind must be 'file' or 'push', got {str(kind)[:40]!r}")
-        # `realtime` may sit in the source (the protocol) or at the top (lx.session's keyword)
-        realtime = body.pop("realtime", source.get("realtime", True))
-        if "realtime" in source and source["realtime"] != realtime:
-            raise BadRequest("realtime is given twice, with different values")
-        if not isinstance(realtime, bool):
-            raise BadRequest(f"realtime must be true or false, got {str(realtime)[:40]!r}")
+        default = source.get("realtime", True) if isinstance(source, Mapping) else True
+        try:
+            src = check_source(source, body.pop("realtime", default), wire=True)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
         sid = uuid.uuid4().hex[:12]
         out = body.pop("out", None)
         if out is not None and not isinstance(out, str):
@@ -201,14 +209,9 @@ class SessionManager:
             body["model"] = self.model
         path = None
         try:
-            if kind == "file":
-                path = source.get("path")
-                if not isinstance(path, str) or not path:
-                    raise ValueError("a file source needs a non-empty string path relative to the server root")
-                path = relative_to_root(self.root_dir, path)
-                src = {"kind": "file", "path": str(resolve_under(self.root_dir, path)), "realtime": realtime}
-            else:
-                src = {"kind": "push"}
+            if src["kind"] == "file":
+                path = relative_to_root(self.root_dir, src["path"])
+                src["path"] = str(resolve_under(self.root_dir, path))
             out_dir = resolve_under(self.output_root, out)
             config = SessionConfig(
                 source=src, out_dir=str(out_dir), asr=build_asr_config(body),
@@ -240,7 +243,7 @@ class SessionManager:
                 raise Conflict(f"folder {self._hide_roots(str(out))!r} is in use by session {s.id}")
         if out.exists() and not out.is_dir():
             raise BadRequest(f"out {self._hide_roots(str(out))!r} is a file, not a folder")
-        held = [n for n in CAPTION_NAMES if (out / n).exists()]
+        held = [caption_file(f) for f in FORMATS if (out / caption_file(f)).exists()]
         if held and not overwrite:
             raise Conflict(
                 f"folder {self._hide_roots(str(out))!r} already holds captions ({', '.join(held)}); "
@@ -343,8 +346,11 @@ class SessionManager:
             now_pid = self._kernel_pid(kid)
             if pid is None or (now_pid == pid and _alive(pid)):
                 continue
-            if not self.stop_on_kernel_restart and now_pid is not None and _alive(now_pid):
-                self._owner_pids[kid] = now_pid  # restarted, and the user keeps sessions across restarts
+            if not self.stop_on_kernel_restart:
+                # the user keeps sessions across restarts: a kernel still listed is restarted or
+                # mid-restart (its old process reaped, no new one yet), never dead
+                if now_pid is not None and _alive(now_pid):
+                    self._owner_pids[kid] = now_pid
                 continue
             dead.add(kid)
         return dead

@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator, Coroutine, Iterator, TypeVar, Union
 
 from .backends import EMBEDDED, SessionCore, default_backend
 from .core.audio import to_pcm_bytes
-from .core.config import SessionConfig
+from .core.config import SessionConfig, output_files
 from .core.events import EndReason, Event, revised
 from .core.resources import process_counters, worker_figures
 from .core.sources import MicSource, PushSource  # noqa: F401  (re-exported by the public face)
@@ -269,9 +269,7 @@ class Session:
         if not isinstance(self.config, SessionConfig):
             return {}  # server mode: the server names the folder when the session starts
         out = Path(self.config.out_dir)
-        names = {"partial": "partial.txt", "final": "final.txt", "vtt": "captions.vtt", "srt": "captions.srt"}
-        wanted = {"partial"} | {{"txt": "final"}.get(f, f) for f in self.config.formats}
-        return {k: out / v for k, v in names.items() if k in wanted}
+        return {k: out / name for k, name in output_files(self.config.formats).items()}
 
     @property
     def text(self) -> str:

@@ -3,6 +3,8 @@
     .venv/bin/python notebooks/make_notebooks.py            # all of them
     .venv/bin/python notebooks/make_notebooks.py 04 05      # some (by number or name)
     .venv/bin/python notebooks/make_notebooks.py --no-execute
+    .venv/bin/python notebooks/make_notebooks.py --keep-outputs  # sources only: unchanged cells keep their outputs
+    .venv/bin/python notebooks/make_notebooks.py --check         # exit 1 if a stored notebook's sources differ
 
 The sources below are the only place to edit these notebooks: hand edits are lost the next time
 this runs. `make test` runs them with nbval (`--nbval-lax`): cells marked `# NBVAL_CHECK_OUTPUT`
@@ -580,6 +582,29 @@ def build(name: str, cells: list[str]) -> nbformat.NotebookNode:
     return nb
 
 
+def keep_outputs(nb: nbformat.NotebookNode, stored: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """`nb` with the stored outputs of every code cell whose id and source did not change (and the
+    stored widget state): editing one cell's source does not re-run the others."""
+    old = {cell.get("id"): cell for cell in stored.cells}
+    for cell in nb.cells:
+        prev = old.get(cell.id)
+        if cell.cell_type == "code" and prev is not None and prev.source == cell.source:
+            cell.outputs, cell.execution_count, cell.metadata = prev.outputs, prev.execution_count, prev.metadata
+    if "widgets" in stored.metadata:
+        nb.metadata["widgets"] = stored.metadata["widgets"]
+    return nb
+
+
+def differences(nb: nbformat.NotebookNode, stored: nbformat.NotebookNode) -> list[str]:
+    """Where the stored notebook's cells are not what the builder writes (outputs aside)."""
+    shape = lambda book: [(c.get("id"), c.cell_type, c.source) for c in book.cells]  # noqa: E731
+    built, kept = shape(nb), shape(stored)
+    found = [f"cell {i} ({b[0]})" for i, (b, k) in enumerate(zip(built, kept, strict=False)) if b != k]
+    if len(built) != len(kept):
+        found.append(f"{len(kept)} cells stored, {len(built)} built")
+    return found
+
+
 def execute(nb: nbformat.NotebookNode) -> None:
     from nbclient import NotebookClient
 
@@ -590,20 +615,31 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", nargs="*", help="notebook names or number prefixes (default: all)")
     parser.add_argument("--no-execute", action="store_true", help="write the notebooks without outputs")
+    parser.add_argument("--keep-outputs", action="store_true", help="write the sources, keeping the stored outputs of unchanged cells (runs nothing)")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a stored notebook is not what the builder makes")
     args = parser.parse_args(argv)
     names = [n for n in NOTEBOOKS if not args.which or any(n.startswith(w) or n == w for w in args.which)]
     if not names:
         parser.error(f"no notebook matches {args.which}; choose from {list(NOTEBOOKS)}")
+    stale = []
     for name in names:
         nb = build(name, NOTEBOOKS[name])
-        t0 = time.monotonic()
-        if not args.no_execute:
-            execute(nb)
         path = HERE / f"{name}.ipynb"
+        if args.check or args.keep_outputs:
+            stored = nbformat.read(path, as_version=4)
+            if args.check:
+                stale += [f"{path.name}: {d}" for d in differences(nb, stored)]
+                continue
+            keep_outputs(nb, stored)
+        t0 = time.monotonic()
+        run = not (args.no_execute or args.keep_outputs)
+        if run:
+            execute(nb)
         nbformat.validate(nb)
         nbformat.write(nb, path)
-        print(f"wrote {path.relative_to(HERE.parent)}" + ("" if args.no_execute else f" (executed in {time.monotonic() - t0:.1f} s)"))
-
+        print(f"wrote {path.relative_to(HERE.parent)}" + (f" (executed in {time.monotonic() - t0:.1f} s)" if run else ""))
+    if stale:
+        sys.exit("notebooks differ from make_notebooks.py (edit the builder, then run it):\n  " + "\n  ".join(stale))
 
 if __name__ == "__main__":
     main()

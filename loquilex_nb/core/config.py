@@ -12,6 +12,10 @@ from .paths import ensure_dir_under, resolve_under
 from .sources import describe_source
 
 FORMATS = ("vtt", "srt", "txt")
+# output file names: what a session writes in its folder, by the key of `s.outputs`;
+# `partial` always, each other one when its format (OUTPUT_FORMAT) is asked for
+OUTPUT_NAMES = {"partial": "partial.txt", "final": "final.txt", "vtt": "captions.vtt", "srt": "captions.srt"}
+OUTPUT_FORMAT = {"final": "txt", "vtt": "vtt", "srt": "srt"}
 SAMPLE_RATE = 16000
 MAX_FINAL_LINES = 10000
 MAX_STRING = 4096  # any string option; longer is refused before a process starts
@@ -139,6 +143,16 @@ class SessionConfig:
         }
 
 
+def output_files(formats: Any) -> dict[str, str]:
+    """The files a session with these caption formats writes: `s.outputs` key -> file name."""
+    return {k: name for k, name in OUTPUT_NAMES.items() if k not in OUTPUT_FORMAT or OUTPUT_FORMAT[k] in formats}
+
+
+def caption_file(fmt: str) -> str:
+    """The file name of one caption format ("vtt", "srt", "txt")."""
+    return next(OUTPUT_NAMES[k] for k, f in OUTPUT_FORMAT.items() if f == fmt)
+
+
 def parse_formats(formats: Any) -> tuple[str, ...]:
     if isinstance(formats, str):
         formats = [f.strip() for f in formats.split(",") if f.strip()]
@@ -181,8 +195,6 @@ def build_config(
     **asr_options: Any,
 ) -> SessionConfig:
     """Validate every argument; raises ValueError before any process starts."""
-    if not isinstance(realtime, bool):
-        raise ValueError(f"realtime must be True or False, got {realtime!r}")
     if isinstance(final_lines, bool) or not isinstance(final_lines, int) or final_lines < 1:
         raise ValueError(f"final_lines must be a whole number >= 1, got {final_lines!r}")
     src = describe_source(source, realtime)

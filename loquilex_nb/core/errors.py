@@ -7,3 +7,11 @@ class SessionEnded(RuntimeError):
 
 class SessionLimitError(RuntimeError):
     """Too many sessions are running; stop one first."""
+
+
+class BadRequest(ValueError):
+    """A client's request is invalid: the server answers HTTP 400 with this message."""
+
+
+class Conflict(ValueError):
+    """The request collides with existing state (a folder in use): HTTP 409."""

@@ -7,8 +7,30 @@ from typing import Any
 
 # asr.revision: a later, better text for an earlier final (same segment_id); never coalesced
 EVENT_TYPES = ("status", "asr.partial", "asr.final", "asr.revision", "error", "eos")
-# every state a status event can carry; "finished" is the worker's own report, before stopped | failed
+
+# Every state a session reports, in the order it moves through them:
+#   starting  the worker is spawned and loads the model
+#   running   the model is loaded; audio is decoded as it comes
+#   stopping  a stop was asked (stop(), DELETE, `stop` message, kernel restart, shutdown)
+#   finished  the worker's own report: all the audio it will decode is decoded and the caption
+#             files are complete; it exits next. Only a status event carries it (and a kernel's
+#             view of a server session, `s.state`): the supervisor's own `state` (embedded
+#             `s.state`, the server's `info()["state"]`) goes from running/stopping to the end.
+#   stopped   the worker is gone and was reaped; `end` says how (any kind but crashed)
+#   failed    the worker crashed, or (server mode) the kernel lost the server
+# stopped and failed are final; stopping is skipped when the audio simply runs out.
 STATES = ("starting", "running", "stopping", "finished", "stopped", "failed")
+
+# How a session ended (`EndReason.kind`, `s.end.kind`, the `end` of the last status and eos):
+END_KINDS = {
+    "clean": "the worker finished and exited 0 (audio ran out, or a cooperative stop)",
+    "terminated": "the stop grace expired: SIGTERM ended the worker",
+    "killed": "the worker ignored stop and SIGTERM: SIGKILL ended it",
+    "crashed": "the worker died on its own (a signal, a non-zero exit), reported a fatal error "
+    "(e.g. a model it cannot load) or could not start; state failed",
+    "disconnected": "server mode only: the kernel lost the server and could not resume within the "
+    "reconnect window; the session may still run there; state failed",
+}
 
 
 @dataclass(frozen=True)
@@ -56,7 +78,9 @@ def revised(finals: list[Event], revisions: list[Event]) -> list[Event]:
 
 @dataclass(frozen=True)
 class EndReason:
-    """How a session ended: clean, terminated (SIGTERM), killed (SIGKILL), crashed."""
+    """How a session ended: `kind` is one of END_KINDS (clean, terminated, killed, crashed,
+    disconnected); `exit_code` the worker's (None when unknown), `detail` and the last lines of
+    its stderr for the reader."""
 
     kind: str
     exit_code: int | None

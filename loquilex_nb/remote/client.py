@@ -22,12 +22,13 @@ import numpy as np
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from . import discovery
-from ..core.config import FORMATS, parse_formats
-from ..core.errors import SessionEnded, SessionLimitError
+from ..core.config import FORMATS, output_files, parse_formats
+from ..core.errors import SessionEnded
 from ..core.eventlog import EventLog, EventLogView
 from ..core.events import EVENT_TYPES, STATES, EndReason, Event
-from ..core.sources import MicSource, PushSource, describe_source
+from ..core.protocol import CLOSE_REASONS, FINAL_CLOSE, error_for_status, event_from_envelope, event_from_wire
+from ..core.sources import check_source, local_file
+from . import discovery
 
 log = logging.getLogger("loquilex_nb")
 
@@ -42,37 +43,15 @@ LOG_CAPACITY = 10000
 ACK_EVERY = 32
 ACK_PERIOD = 0.5
 MAX_INCOMING = 64 * 1024 * 1024  # a gap snapshot carries many finals, each with its words
-# close codes after which resuming cannot help (docs/PROTOCOL.md, "Close codes")
-FINAL_CLOSE = {1000: "session ended", 1008: "policy violation", 1009: "message too big", 4004: "unknown session"}
-FIELDS = ("segment_id", "text", "t0", "t1", "words")
 KERNEL_FILE = "_kernel_file"  # prepared, never sent: a file this kernel streams itself
 FILE_CHUNK = 0.5  # seconds of audio per frame when a kernel streams a file
 FEED_AHEAD = 8.0  # seconds of audio it may send beyond what the worker has reported (realtime=False)
 FEED_QUIET = 2.0  # seconds without a new event after which it sends more anyway (silence says nothing)
 FEED_TAIL = 1.5  # before the final stop: the worker has reported all but this much of the audio
 FEED_END_QUIET = 6.0  # ... or said nothing for this long (a decode under load takes seconds)
-OUTPUT_NAMES = {"partial": "partial.txt", "final": "final.txt", "vtt": "captions.vtt", "srt": "captions.srt"}
 
 
 # -- wire conversions ------------------------------------------------------------------------
-def event_from_envelope(env: dict[str, Any]) -> Event:
-    """A domain-event envelope `{v, type, sid, seq, t_wall, t_mono, data: {fields…, data}}`."""
-    body = env.get("data") or {}
-    return Event(
-        type=env["type"], sid=env["sid"], seq=int(env["seq"]),
-        t_wall=float(env["t_wall"]), t_mono=float(env["t_mono"]),
-        **{k: body.get(k) for k in FIELDS}, data=body.get("data"),
-    )
-
-
-def event_from_wire(d: dict[str, Any]) -> Event:
-    """An event inside a gap snapshot: an envelope, or `Event.as_dict()` with flat fields."""
-    body = d.get("data")
-    if "v" in d or (isinstance(body, dict) and not any(k in d for k in FIELDS) and any(k in body for k in (*FIELDS, "data"))):
-        return event_from_envelope(d)
-    return Event.from_dict(d)
-
-
 def end_from_dict(d: dict[str, Any]) -> EndReason:
     return EndReason(d.get("kind", "crashed"), d.get("exit_code"), d.get("detail") or "", tuple(d.get("stderr_tail") or ()))
 
@@ -89,7 +68,7 @@ def _readable_audio(raw: str) -> str:
     """The absolute path of an audio file this process can open; ValueError before any process starts."""
     from ..core.audio import AudioError, iter_file_chunks
 
-    path = describe_source(raw, True)["path"]
+    path = local_file(raw)
     chunks = iter_file_chunks(path, FILE_CHUNK)
     try:
         next(chunks, None)  # opens it and decodes its first frames
@@ -126,8 +105,6 @@ class RemoteBackend:
     def prepare(self, source: Any, sid: str, options: dict[str, Any]) -> dict[str, Any]:
         opts = dict(options)
         realtime = opts.pop("realtime", True)
-        if not isinstance(realtime, bool):
-            raise ValueError(f"realtime must be True or False, got {realtime!r}")
         for key in ("output_root", "model", "owner"):
             if key in opts:
                 raise ValueError(f"{key!r} cannot be set in server mode: the server decides it")
@@ -150,20 +127,16 @@ class RemoteBackend:
             raise ValueError(f"session options must be plain JSON values in server mode: {exc}") from None
         return body
 
-    def _describe(self, source: Any, realtime: bool) -> dict[str, Any]:
-        if isinstance(source, PushSource):
-            return {"kind": "push"}
-        if isinstance(source, MicSource):
+    def _describe(self, source: Any, realtime: Any) -> dict[str, Any]:
+        src = check_source(source, realtime)
+        if src["kind"] == "mic":
             raise ValueError("microphone sessions run in embedded mode only")
-        if isinstance(source, (str, os.PathLike)):
-            raw = os.fspath(source)
-            if not isinstance(raw, str):
-                raise ValueError(f"audio file path {raw!r} must be str, not bytes")
-            server_path = self._server_path(raw)
+        if src["kind"] == "file":
+            server_path = self._server_path(src["path"])
             if server_path is None:
-                return {"kind": "kernel-file", "path": _readable_audio(raw), "realtime": realtime}
-            return {"kind": "file", "path": server_path, "realtime": realtime}
-        raise ValueError(f"source must be a file path, lx.PushSource() or lx.MicSource(), got {type(source).__name__}")
+                return {**src, "kind": "kernel-file", "path": _readable_audio(src["path"])}
+            src["path"] = server_path
+        return src
 
     def _server_path(self, raw: str) -> str | None:
         """A path relative to the server's root_dir (relative input means the kernel's cwd);
@@ -222,13 +195,7 @@ class RemoteBackend:
             return data
         message = data.get("message") if isinstance(data, dict) else None
         message = message or text.strip() or resp.reason or f"HTTP {resp.code}"
-        if resp.code == 429:
-            raise SessionLimitError(message)
-        if resp.code in (401, 403):
-            raise PermissionError(f"the loquilex server refused {method} {path} ({resp.code}): {message}")
-        if resp.code < 500:
-            raise ValueError(message)
-        raise RuntimeError(f"the loquilex server failed on {method} {path} ({resp.code}): {message}")
+        raise error_for_status(resp.code, message, f"{method} {path}")
 
     async def notebook_names(self, timeout: float = REQUEST_TIMEOUT) -> dict[str, str]:
         """kernel id -> the name of the notebook (or console) using it, from Jupyter's own /api/sessions."""
@@ -304,8 +271,7 @@ class RemoteSessionCore(EventLogView):
         if not self._info.get("out_dir"):
             return {}
         out = Path(self._info["out_dir"])
-        wanted = {"partial"} | {{"txt": "final"}.get(f, f) for f in self._formats}
-        return {k: out / v for k, v in OUTPUT_NAMES.items() if k in wanted}
+        return {k: out / name for k, name in output_files(self._formats).items()}
 
     def _notify(self) -> None:
         self.eventlog.notify()
@@ -444,7 +410,7 @@ class RemoteSessionCore(EventLogView):
             if self._closing or self._done.is_set():
                 return
             if code in FINAL_CLOSE:
-                await self._give_up(f"socket closed {code} ({FINAL_CLOSE[code]}) {reason}".rstrip())
+                await self._give_up(f"socket closed {code} ({CLOSE_REASONS[code]}) {reason}".rstrip())
                 return
             log.info("session %s: socket dropped (%s %s), reconnecting", self.id, code, reason)
             if asyncio.get_running_loop().time() - self._opened_at < 1.0:

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from ..core.config import FORMATS as FORMAT_NAMES
+from ..core.config import output_files
+
 __all__ = [
     "atomic_write_text",
     "format_vtt_time",
@@ -26,7 +29,7 @@ __all__ = [
     "FORMATS",
 ]
 
-FORMATS = frozenset({"vtt", "srt", "txt"})
+FORMATS = frozenset(FORMAT_NAMES)
 
 # Smallest cue length; zero-length cues are rejected or hidden by some players.
 _MIN_CUE = 0.01
@@ -160,13 +163,7 @@ class CaptionWriter:
         self._closed = False
         self._partial_shown = False  # partial.txt holds text (an empty one needs no rewrite)
 
-        self._paths: dict[str, Path] = {"partial": self._dir / "partial.txt"}
-        if "txt" in fmts:
-            self._paths["final"] = self._dir / "final.txt"
-        if "vtt" in fmts:
-            self._paths["vtt"] = self._dir / "captions.vtt"
-        if "srt" in fmts:
-            self._paths["srt"] = self._dir / "captions.srt"
+        self._paths: dict[str, Path] = {k: self._dir / name for k, name in output_files(fmts).items()}
 
         self._dir.mkdir(parents=True, exist_ok=True)
         # Create everything up front so pollers never hit a missing file.

@@ -777,6 +777,18 @@ async def test_unknown_session_is_404_before_the_upgrade_and_creates_nothing(jp_
     await jp_fetch("loquilex", "api", "sessions", live, method="DELETE")
 
 
+async def test_a_session_forgotten_before_hello_closes_4004(jp_serverapp, jp_fetch, jp_ws_fetch, manager):
+    sid = (await post_session(jp_fetch, {"source": {"kind": "push"}}))["id"]
+    await jp_fetch("loquilex", "api", "sessions", sid, method="DELETE")
+    ws = await jp_ws_fetch("loquilex", "api", "sessions", sid, "events")  # upgraded: it is still listed
+    manager.supervisor.forget(sid)  # what the sweeper does once its replay window has passed
+    await ws.write_message(json.dumps({"type": "hello"}))
+    assert await asyncio.wait_for(ws.read_message(), 10) is None
+    assert (ws.close_code, ws.close_reason) == (4004, f"no session {sid!r}")
+    await wait_for(lambda: not manager.hub.sockets, 10, "the server to forget the socket")
+    assert manager.hub.channels == {}
+
+
 @server_config(replay_window=1.0)
 async def test_ended_session_state_is_forgotten_after_the_replay_window(jp_serverapp, jp_fetch, jp_ws_fetch, manager):
     watched = (await post_session(jp_fetch, {"source": {"kind": "push"}}))["id"]
