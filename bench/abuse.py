@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import psutil
-
 from faults_common import FIXTURES, Watcher, final_lines, finish_row, run_row, server_settle
 from faults_server import post, push_session
 from measure import read_pcm

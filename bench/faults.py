@@ -29,8 +29,7 @@ from faults_server import row_corrupt_audio, row_missing_model_server, row_serve
 from measure import read_pcm
 
 import loquilex_nb as lx
-from loquilex_nb.core.config import build_config
-from loquilex_nb.core.config import default_model_dir
+from loquilex_nb.core.config import build_config, default_model_dir
 
 HANG_GRACE = 1.0
 HANG_TERM_GRACE = 1.0

@@ -26,10 +26,11 @@ from typing import Callable
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import REPO, summary  # noqa: E402
 from fanout import fan_round  # noqa: E402
 from latency import bench_latency  # noqa: E402
-from server import SPEECH, ServerClient as Route  # noqa: E402
+from measure import REPO, summary  # noqa: E402
+from server import SPEECH  # noqa: E402
+from server import ServerClient as Route
 
 from loquilex_nb.testing.jupyter import ONLY_LOQUILEX  # noqa: E402
 

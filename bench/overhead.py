@@ -93,7 +93,7 @@ async def bench_overhead(srv: JupyterServer, sizes: tuple[int, ...], log: Callab
         running = {sid: asyncio.Event() for sid in sids}
         codes: dict[str, Any] = {}
 
-        async def client(sid: str) -> None:
+        async def client(sid: str, codes: dict[str, Any] = codes, running: dict[str, asyncio.Event] = running) -> None:
             ws = await srv.ws(sid)
             await ws.write_message(json.dumps({"type": "hello"}))
             while True:

@@ -30,22 +30,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("LOQUILEX_MODE", "embedded")  # the bench's own sessions never go to a server
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from asr import bench_asr  # noqa: E402
 from abuse import bench_abuse  # noqa: E402
-from faults import bench_faults  # noqa: E402
-from live import run as live_run  # noqa: E402
-from hub import hub_section  # noqa: E402
-from measure import REPO, concat_wav, machine  # noqa: E402
-from longaudio import make_long  # noqa: E402
-from report import render_markdown, render_text, update_readme  # noqa: E402
-from server import SAMPLE, SPEECH, JupyterServer, counters, settle_to  # noqa: E402
+from asr import bench_asr  # noqa: E402
 from cycles import bench_cycles  # noqa: E402
 from fanout import bench_fanout  # noqa: E402
+from faults import bench_faults  # noqa: E402
+from hub import hub_section  # noqa: E402
+from labext import bench_labext  # noqa: E402
 from latency import bench_latency  # noqa: E402
+from live import run as live_run  # noqa: E402
+from longaudio import make_long  # noqa: E402
+from measure import REPO, concat_wav, machine  # noqa: E402
 from overhead import bench_overhead  # noqa: E402
+from report import render_markdown, render_text, update_readme  # noqa: E402
+from server import SAMPLE, SPEECH, JupyterServer, counters, settle_to  # noqa: E402
 from stall import bench_stall  # noqa: E402
 from stopping import bench_stopping  # noqa: E402
-from labext import bench_labext  # noqa: E402
 
 SHORT = REPO / "tests" / "fixtures" / "short.wav"
 BUDGET_S = {"full": 13 * 60.0, "quick": 115.0}  # the cycles stop early to keep the whole run inside

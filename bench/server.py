@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from measure import REPO
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
-
-from measure import REPO
 
 from loquilex_nb.testing import jupyter
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Callable
 
 import psutil
-
 from measure import summary
 
 RCVBUF = 4096

@@ -1,10 +1,10 @@
 """loquilex-nb: live captioning sessions for Jupyter that leave nothing behind."""
 
-from .handle import EMBEDDED, AsyncSession, MicSource, PushSource, Session, resources, session, sessions, stop_all
-from .core.events import EndReason, Event
-from .testing.leakcheck import LeakError, leakcheck
 from .core.errors import SessionLimitError
+from .core.events import EndReason, Event
+from .handle import EMBEDDED, AsyncSession, MicSource, PushSource, Session, resources, session, sessions, stop_all
 from .supervisor.supervisor import Supervisor
+from .testing.leakcheck import LeakError, leakcheck
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import os
-import threading
 import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
@@ -28,7 +27,6 @@ from ..core.eventlog import EventLog, EventLogView
 from ..core.events import EVENT_TYPES, STATES, EndReason, Event
 from ..core.protocol import CLOSE_REASONS, FINAL_CLOSE, error_for_status, event_from_envelope, event_from_wire
 from ..core.sources import check_source, local_file
-from . import discovery
 
 log = logging.getLogger("loquilex_nb")
 
@@ -599,7 +597,7 @@ class RemoteSessionCore(EventLogView):
         """Wait until the worker has reported audio up to `position` s, or went quiet (silence)."""
         while self._heard < position and not (self._closing or self._done.is_set()):
             heard = self._heard
-            await self._wait_until(lambda: self._heard > heard or self._closing or self._done.is_set(), quiet)
+            await self._wait_until(lambda heard=heard: self._heard > heard or self._closing or self._done.is_set(), quiet)
             if self._heard == heard:
                 return  # nothing new: a stretch of silence gives no events, feed on
 

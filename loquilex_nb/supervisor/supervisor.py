@@ -9,8 +9,8 @@ import uuid
 from collections import OrderedDict
 from typing import Iterable
 
-from ..core.errors import SessionLimitError
 from ..core.config import SessionConfig
+from ..core.errors import SessionLimitError
 from .session import Session
 
 log = logging.getLogger("loquilex_nb")

@@ -274,7 +274,7 @@ class JupyterServer:
             assert status == 201, info
             infos.append(info)
         for sid in [i["id"] for i in infos] if running else []:
-            self.wait_session(lambda s: s["id"] == sid and s["state"] == "running", timeout)
+            self.wait_session(lambda s, sid=sid: s["id"] == sid and s["state"] == "running", timeout)
         return [i["pid"] for i in infos]
 
     def shutdown_kernels(self) -> None:

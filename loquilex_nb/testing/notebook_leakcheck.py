@@ -26,8 +26,8 @@ from typing import Any
 
 import psutil
 
-from .leakcheck import Leak, LeakError
 from ..core.resources import fd_targets
+from .leakcheck import Leak, LeakError
 
 __all__ = ["KERNEL_ALLOWANCE", "compare", "kernel_snapshot", "snapshot"]
 

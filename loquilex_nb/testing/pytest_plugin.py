@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 import pytest
 
-from .leakcheck import POLL_INTERVAL, describe_child, LeakError, leakcheck, record_task_stacks, take_baseline
+from .leakcheck import POLL_INTERVAL, LeakError, describe_child, leakcheck, record_task_stacks, take_baseline
 from .notebook_leakcheck import check_kernel, kernel_snapshot
 from .subreaper import become_subreaper, reap_adopted
 

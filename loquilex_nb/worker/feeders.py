@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from .backlog import Backlog
 from ..core.config import SAMPLE_RATE
+from .backlog import Backlog
 
 CHUNK_S = 0.1
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import queue
 import time
-from typing import Any, Callable
+from typing import Callable
 
-from .backlog import Backlog
 from ..core.config import SAMPLE_RATE
+from .backlog import Backlog
 
 STOP_BUDGET_S = 1.5  # after `stop`, queued audio is decoded for at most this long (default)
 DROP_REPORT_S = 1.0

@@ -92,8 +92,8 @@ def serve(cfg: dict[str, Any], emit: EventOut, backlog: Backlog, reader: Control
     mic: MicFeeder | None = None
     writer = None
     try:
-        from .captions import CaptionWriter
         from ..core.config import AsrConfig
+        from .captions import CaptionWriter
         from .decoder import WhisperDecoder
         from .streaming import StreamingRecognizer
 

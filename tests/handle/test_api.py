@@ -13,7 +13,6 @@ import webvtt
 import loquilex_nb as lx
 from loquilex_nb.core.events import STATES
 from loquilex_nb.supervisor.runtime import RUNTIME
-
 from tests.helpers import FIXTURES, SAMPLE, assert_wer_near_batch, gone, pcm16
 
 

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -20,8 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from loquilex_nb.testing.leakcheck import Leak, LeakError, leakcheck
 from loquilex_nb.core.resources import fd_targets, process_counters, worker_figures
+from loquilex_nb.testing.leakcheck import Leak, LeakError, leakcheck
 from loquilex_nb.testing.subreaper import is_subreaper, reap_adopted
 
 pytest_plugins = ["pytester"]

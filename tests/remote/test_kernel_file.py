@@ -9,7 +9,6 @@ import shutil
 import time
 
 import loquilex_nb as lx
-
 from tests.helpers import FIXTURES, wer
 
 # a short stop grace: a stop sent while the worker is still far behind would end "terminated"

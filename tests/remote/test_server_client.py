@@ -1,14 +1,12 @@
 """The notebook API in server mode against a real server: same handle, transparent resume."""
 
 import asyncio
-import json
 import shutil
 
 import numpy as np
 import pytest
 
 import loquilex_nb as lx
-
 from tests.helpers import FIXTURES, assert_wer_near_batch, pcm16
 
 LOQUILEX = {"sweep_interval": 0.5}

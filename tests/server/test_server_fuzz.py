@@ -24,8 +24,8 @@ from tornado.httpclient import HTTPClientError
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError
 
-from tests.helpers import FIXTURES, pcm16
 from loquilex_nb.core.config import ASR_KEYS
+from tests.helpers import FIXTURES, pcm16
 
 SHORT = pcm16(FIXTURES / "short.wav")
 EXAMPLES = int(os.environ.get("LOQUILEX_FUZZ_EXAMPLES", "60"))  # raise it for a deeper hunt

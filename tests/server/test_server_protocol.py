@@ -228,7 +228,7 @@ async def test_every_route_refuses_a_caller_without_token(jp_serverapp, jp_http_
     client = AsyncHTTPClient(force_instance=True)
     tried = []
     try:
-        for regex, cls, matcher in rules:
+        for regex, cls, _matcher in rules:
             path = concrete_path(regex, {"sid": sid, "fmt": "vtt", "rest": "nope"})
             url = f"http://127.0.0.1:{jp_http_port}{path}"
             if issubclass(cls, WebSocketHandler):
@@ -744,7 +744,7 @@ async def test_rate_limit(jp_serverapp, jp_fetch, jp_ws_fetch):
     await c.send({"type": "ack", "seq": -1})
     await asyncio.sleep(0.3)
     await c.send({"type": "ack", "seq": -1})  # once the bucket refilled a little, messages count again
-    last = await c.until(lambda e: e["type"] == "error" and e["data"]["code"] == "bad-ack", timeout=10)
+    await c.until(lambda e: e["type"] == "error" and e["data"]["code"] == "bad-ack", timeout=10)
     codes = [e["data"]["code"] for e in c.errors()]
     assert 5 <= codes.count("rate-limit") <= 11, codes  # 16 in the burst - a full bucket (5) - any refill
     assert set(codes) == {"rate-limit", "bad-ack"} and codes[-1] == "bad-ack"

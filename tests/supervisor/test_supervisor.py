@@ -11,10 +11,9 @@ import pytest
 import loquilex_nb as lx
 from loquilex_nb.core.config import build_config
 from loquilex_nb.core.errors import SessionLimitError
-from loquilex_nb.worker.signals import EXIT_DEADLINE_S
 from loquilex_nb.supervisor.supervisor import Supervisor
 from loquilex_nb.testing import faulty_worker
-
+from loquilex_nb.worker.signals import EXIT_DEADLINE_S
 from tests.helpers import FIXTURES, gone, wait_state, wait_until
 
 

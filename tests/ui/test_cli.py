@@ -8,7 +8,6 @@ from loquilex_nb.cli import SAMPLE, audio_duration, main
 from tests.helpers import FIXTURES
 
 
-
 def test_transcribe_short_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "x"
     code = main(["transcribe", str(FIXTURES / "short.wav"), "--out", str(out)])

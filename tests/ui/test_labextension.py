@@ -163,8 +163,8 @@ def test_caption_my_microphone_live_then_closing_the_tab_stops_it(tmp_path):
                 t_closed = time.monotonic()
                 try:
                     proc.wait(LEASE + 2.0)
-                except psutil.TimeoutExpired:
-                    raise AssertionError(f"the worker outlived the lease: {time.monotonic() - t_closed:.1f} s after the tab closed")
+                except psutil.TimeoutExpired as exc:
+                    raise AssertionError(f"the worker outlived the lease: {time.monotonic() - t_closed:.1f} s after the tab closed") from exc
                 gone_after = time.monotonic() - t_closed
                 info = wait_for(lambda: (i := lab.api("GET", f"loquilex/api/sessions/{sid}"))["end"] and i, 5, "the end")
                 assert info["state"] == "stopped", info

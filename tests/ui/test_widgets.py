@@ -16,8 +16,8 @@ pytest.importorskip("ipywidgets")
 import loquilex_nb as lx
 from loquilex_nb.core.resources import process_counters
 from loquilex_nb.ui.widgets import CaptionView, ResourceMonitor
-
 from tests.helpers import FIXTURES, gone, pcm16
+
 
 @pytest.fixture(autouse=True)
 def embedded(monkeypatch):

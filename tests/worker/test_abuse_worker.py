@@ -13,13 +13,12 @@ import time
 
 import pytest
 
-from tests.helpers import FIXTURES, gone, pcm16
-from loquilex_nb.core.config import build_config
-from loquilex_nb.core.sources import PushSource
-from loquilex_nb.core.config import LANGUAGES, build_asr_config, option_names
+from loquilex_nb.core.config import LANGUAGES, build_asr_config, build_config, option_names
 from loquilex_nb.core.paths import open_beneath
+from loquilex_nb.core.sources import PushSource
 from loquilex_nb.supervisor.supervisor import Supervisor
 from loquilex_nb.testing import faulty_worker
+from tests.helpers import FIXTURES, gone, pcm16
 
 
 def spawn_worker():

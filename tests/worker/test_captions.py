@@ -6,9 +6,9 @@ import pytest
 import srt
 import webvtt
 
+from loquilex_nb.core.paths import ensure_dir_under, resolve_under
 from loquilex_nb.worker import captions
 from loquilex_nb.worker.captions import CaptionWriter, atomic_write_text, format_srt_time, format_vtt_time
-from loquilex_nb.core.paths import ensure_dir_under, resolve_under
 
 
 def _temp_files(d: Path) -> list[str]:
