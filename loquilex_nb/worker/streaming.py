@@ -2,11 +2,11 @@
 
 Two schedules share one decoder:
 - live (real-time file, push, microphone): a partial every `partial_interval` of new audio
-  while the input is not backlogged; a final when two consecutive partials agree on words up
+  while the input is not backlogged and someone spoke since the last one; a final when two consecutive partials agree on words up
   to a sentence end (agreement.py), when `vad_silence` of silence ends the utterance, or
   when it reaches `max_segment`. A final decodes its utterance with up to `left_context` of
-  earlier audio (whole earlier finals) and keeps its own words by their timestamps; the
-  text before that audio is the prompt. Later, with audio on both sides, revisions.py may
+  earlier audio (whole earlier finals, their text forced as the decoder's prefix) and keeps
+  its own words by their timestamps; the text before that audio is the prompt. Later, with audio on both sides, revisions.py may
   replace a final's text (`asr.revision`).
 - batch (file as fast as possible): finished utterances are gathered up to `batch_window`
   and decoded together, which costs about what one batch transcribe does; partials are
