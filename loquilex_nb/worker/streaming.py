@@ -68,7 +68,7 @@ class StreamingRecognizer:
         self.left = int(cfg.left_context * SAMPLE_RATE) if live else 0
         self.prev_words: list[TimedWord] = []  # the last partial's words, for agreement
         self.prev_agreed = 0  # how many of them the partial before also had
-        self.last_final_end = 0  # end of the last final's speech: partials' lead-in starts after it
+        self.last_final_end = 0  # end of the last final's speech: a partial's lead-in before it is cut
         self.revisions = Revisions(self, enabled=live and cfg.revise)
         # recent finals as (start, end, len(context) before it): left context starts at one
         self.spans: deque[tuple[int, int, int]] = deque(maxlen=64)
@@ -134,16 +134,17 @@ class StreamingRecognizer:
         self.last_partial_at = self.total
         if not voiced:
             return  # nothing said since the last partial: its text stands, silence may end it
-        # no acoustic left context (the final and a revision decode the words with it) and
-        # no earlier speech in the lead-in, so nothing to cut by word times: the words are
-        # aligned only when they may be committed. (Forcing the words a partial repeats as a
-        # decoder prefix saves nothing: CTranslate2 steps through a prefix token by token.)
-        lo = max(self.buf_start, start - PAD, self.last_final_end)
+        # no acoustic left context (the final and a revision decode the words with it). The
+        # words are aligned only when earlier speech is in the 1 s lead-in (its words are cut
+        # by their times) or when they may be committed. (Forcing the words a partial repeats
+        # as a decoder prefix saves nothing: CTranslate2 steps through a prefix token by token.)
+        lo = max(self.buf_start, start - PAD)
         hyp = self._decode_span(lo, self.total, self.context[-self.cfg.context_chars :], words=True, lazy=True)
-        words = _untimed(hyp, self.total)
+        cut = lo < self.last_final_end
+        words = inside(timed(hyp.timed_words(), lo), start, slack=CUT_SLACK) if cut else _untimed(hyp, self.total)
         agreed = agreed_prefix(self.prev_words, words)
         long_utt = self.total - start >= AGREE_LONG_S * SAMPLE_RATE
-        if _may_commit(words, agreed, long_utt):
+        if not cut and _may_commit(words, agreed, long_utt):
             words = timed(hyp.timed_words(), lo)
             agreed = agreed_prefix(self.prev_words, words)
         self.prev_words, self.prev_agreed = words, agreed
