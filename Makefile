@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SAMPLE := loquilex_nb/data/sample.wav
 
-.PHONY: install browser run run-cli test bench bench-quick fixtures clean labext labext-check
+.PHONY: install browser run run-cli test lint bench bench-quick fixtures clean labext labext-check
 
 $(STAMP): pyproject.toml jupyter_server_ext/labextension/package.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,8 +41,14 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium is missing and we are not root: the browser test will be skipped (a failure in CI)"; fi; }
 
-test: install browser labext-check
+test: install browser labext-check lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# Lint (ruff) the whole tree and type-check (mypy) the layers every process shares:
+# core, supervisor and the server extension (their list is in pyproject.toml).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # The JupyterLab extension: sources in labextension/, the build committed in $(LABEXT_OUT) (so
 # installing needs no node). Everything the build reads is pinned by package-lock.json (the

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import psutil
 
-from faults import FIXTURES, Watcher, final_lines, finish_row, post, push_session, read_pcm, server_settle
+from faults_common import FIXTURES, Watcher, final_lines, finish_row, run_row, server_settle
+from faults_server import post, push_session
+from measure import read_pcm
 
 MiB = 1 << 20
 FLOOD_RATE = 380
@@ -55,6 +57,9 @@ class Peak:
 
     def growth(self) -> dict:
         return {f"{k}_rss_growth_mib": round((self.peak[k] - self.base[k]) / MiB, 1) for k in self.procs}
+
+    def text(self) -> str:
+        return ", ".join(f"{k.split('_')[0]} RSS +{v} MiB" for k, v in self.growth().items())
 
 
 def speech_frames(n_bytes: int):
@@ -104,7 +109,7 @@ async def row_flooding_client(srv, counters, seconds: float) -> dict:
         "fault": "flooding client", "mode": "server",
         "how": f"push session; one WebSocket sends 0.1 s int16 frames at {FLOOD_RATE}/s (38x real time) for {seconds:g} s, then DELETE",
         "user_sees": f"{sent} frames accepted ({sent * 0.1 / seconds:.1f}x real time after backpressure); DELETE -> {end['end']['kind']} in {t_end - t_fault:.2f} s; "
-                     + ", ".join(f"{k.split('_')[0]} RSS +{v} MiB" for k, v in peak.growth().items()),
+                     + peak.text(),
         "end": end["end"]["kind"], "expected_end": "clean",
         "frames_sent": sent, "held_back_s": round(held_back, 2), "delete_s": round(t_end - t_fault, 3),
         "finals_on_disk": final_lines(end["out_dir"]), **peak.growth(),
@@ -149,7 +154,7 @@ async def row_many_connections(srv, counters, n: int = 150) -> dict:
         "fault": "150 connections", "mode": "server",
         "how": f"{n} WebSockets to one push session at once, each sending five 1 MiB frames after hello; then close all and DELETE",
         "user_sees": f"{admitted} admitted, refused: {codes or 'none'} (1013 = connection limit); one audio writer, others writer-busy; end {end['end']['kind']}; "
-                     + ", ".join(f"{k.split('_')[0]} RSS +{v} MiB" for k, v in peak.growth().items()),
+                     + peak.text(),
         "end": end["end"]["kind"], "expected_end": "clean", "admitted": admitted, "refused": codes,
         "flood_s": round(t_fault - t0, 2), **peak.growth(),
     }
@@ -195,15 +200,7 @@ async def bench_abuse(tmp: Path, log, make_server, stop_server, counters, quick:
             ("150 connections", lambda: row_many_connections(srv, counters)),
             ("symlink swap", lambda: row_symlink_swap(srv, counters, tmp)),
         ):
-            t = time.monotonic()
-            try:
-                row = await fn()
-            except Exception as exc:  # one failed row must not lose the rest
-                log(f"  fault row '{name}' FAILED: {exc!r}")
-                row = {"fault": name, "error": f"{type(exc).__name__}: {exc}"[:1000], "resources_left_total": None}
-            row["row_wall_s"] = round(time.monotonic() - t, 2)
-            log(f"  {name}: {row.get('user_sees', row.get('error', ''))[:140]} | left {row.get('resources_left')} | clean {row.get('time_to_clean_s')} s")
-            rows.append(row)
+            await run_row(rows, log, name, fn, width=140)
     finally:
         await stop_server(srv)
     return {"rows": rows}

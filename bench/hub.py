@@ -24,31 +24,20 @@ from pathlib import Path
 from typing import Callable
 
 import psutil
-from tornado.httpclient import AsyncHTTPClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import REPO, summary  # noqa: E402
-from server import SPEECH, JupyterServer, bench_latency, fan_round  # noqa: E402
+from fanout import fan_round  # noqa: E402
+from latency import bench_latency  # noqa: E402
+from server import SPEECH, ServerClient as Route  # noqa: E402
+
+from loquilex_nb.testing.jupyter import ONLY_LOQUILEX  # noqa: E402
 
 sys.path.insert(0, str(REPO / "deploy" / "jupyterhub"))
 from localhub import LocalHub  # noqa: E402
 
 USERS = ["u1", "u2", "u3", "u4"]
 SESSIONS_PER_USER = 2
-ONLY_OURS = (
-    "--ServerApp.jpserver_extensions={'jupyter_server_ext': True, 'jupyterlab': False, 'jupyter_lsp': False, "
-    "'notebook_shim': False, 'jupyter_server_terminals': False}"
-)
-
-
-class Route(JupyterServer):
-    """bench/server.py's client side of a server, at a given base URL (proxy or direct)."""
-
-    def __init__(self, base: str, token: str) -> None:
-        self.base = base if base.endswith("/") else base + "/"
-        self.ws_base = "ws" + self.base[len("http"):]
-        self.token = token
-        self.http = AsyncHTTPClient(force_instance=True, max_clients=64)
 
 
 def _alive(pid: int) -> bool:
@@ -198,7 +187,7 @@ def _r(x):
 
 
 async def bench_hub(tmp: Path, quick: bool, log: Callable) -> dict:
-    hub = LocalHub(tmp / "hub", USERS, base_url="/lx/", args=[ONLY_OURS, "--LoquilexApp.max_sessions=8"])
+    hub = LocalHub(tmp / "hub", USERS, base_url="/lx/", args=[ONLY_LOQUILEX, "--LoquilexApp.max_sessions=8"])
     t0 = time.monotonic()
     try:
         await asyncio.get_running_loop().run_in_executor(None, hub.start)
@@ -261,7 +250,8 @@ def hub_markdown(h: dict, table: Callable) -> str:
         f"- `DELETE /hub/api/users/{ds['user']}/server` (the spawner's SIGINT): its last worker gone after **{ds['workers_gone_s']} s**, "
         f"the server after {ds['server_gone_s']} s; its sessions ended {ds['ends']}, sockets closed {ds['closes']}.",
         f"- hub SIGTERM with the other {hs['sessions']} sessions running (per user one client through the proxy, one direct to "
-        "the server's port: the hub stops its proxy at the same moment as the servers, so proxied sockets are cut before `eos`): hub exited after {hs['hub_exit_s']} s, every process it "
+        "the server's port: the hub stops its proxy at the same moment as the servers, so proxied sockets are cut before `eos`): "
+        f"hub exited after {hs['hub_exit_s']} s, every process it "
         f"started gone after {hs['all_gone_s']} s; sessions ended {hs['ends']}, sockets closed {hs['closes']}; "
         f"processes left: {len(hs['processes_left'])}.",
     ])

@@ -7,7 +7,6 @@ PCM frames/s and bytes/s from the browser to the server against the audio rate (
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,8 +14,7 @@ from typing import Any, Callable
 
 from measure import REPO, summary
 
-sys.path.insert(0, str(REPO / "tests"))
-from lab_harness import CHROMIUM, fake_mic_wav, jupyter_lab, launch_chromium, open_sidebar, wait_for  # noqa: E402
+from loquilex_nb.testing.browser import CHROMIUM, fake_mic_wav, jupyter_lab, launch_chromium, open_sidebar, wait_for
 
 SPEECH = REPO / "tests" / "fixtures" / "speech.wav"
 LEAD_S = 0.75

@@ -1,4 +1,4 @@
-"""Small helpers for bench/run.py: statistics, WER, CPU sampling of a worker, machine facts."""
+"""Small helpers for bench/run.py: statistics, WER, CPU sampling of a worker, machine facts, PCM files."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import threading
+import wave
 from pathlib import Path
 from typing import Sequence
 
@@ -133,3 +134,21 @@ def machine() -> dict:
         "dirty": dirty,
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def read_pcm(path: Path) -> bytes:
+    with wave.open(str(path)) as w:
+        if (w.getframerate(), w.getnchannels(), w.getsampwidth()) != (16000, 1, 2):
+            raise RuntimeError(f"{path} is not 16 kHz mono int16")
+        return w.readframes(w.getnframes())
+
+
+def concat_wav(out: Path, parts: list[Path]) -> float:
+    """One longer 16 kHz mono int16 file (so one session has many events); returns seconds."""
+    pcm = b"".join(read_pcm(p) for p in parts)
+    with wave.open(str(out), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm)
+    return len(pcm) / 32000

@@ -30,6 +30,13 @@ def _ok(part) -> bool:
     return isinstance(part, dict) and "error" not in part
 
 
+def _save(fig, path: Path) -> bool:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return True
+
+
 def stop_latency(r: dict, path: Path) -> bool:
     s = r.get("stopping")
     if not _ok(s):
@@ -51,10 +58,7 @@ def stop_latency(r: dict, path: Path) -> bool:
     g = s["escalation"]
     ax.set_title(f"Stop latency, {s['n']} interleaved rounds (ours escalating: grace {g['grace_s']:g} s + term_grace {g['term_grace_s']:g} s)", fontsize=9)
     ax.grid(axis="x", which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def _cdf(ax, values, label, color, ls="-") -> None:
@@ -95,10 +99,7 @@ def final_latency(r: dict, path: Path) -> bool:
     ax2.set_ylabel("count")
     ax2.set_title("Partial cadence at the handle (realtime)", fontsize=10)
     ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def fanout(r: dict, path: Path) -> bool:
@@ -122,10 +123,7 @@ def fanout(r: dict, path: Path) -> bool:
     ax.set_title("WebSocket fan-out throughput (median of rounds)", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def stall_rss(r: dict, path: Path) -> bool:
@@ -164,10 +162,7 @@ def stall_rss(r: dict, path: Path) -> bool:
     handles = [h for h in ax.get_lines() + (ax2.get_lines() if ev else []) if not h.get_label().startswith("_")]
     ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def scale(r: dict, path: Path) -> bool:
@@ -195,10 +190,7 @@ def scale(r: dict, path: Path) -> bool:
     ax2.set_title(f"Supervisor CPU while sessions idle ({s['idle_s']:g} s windows)", fontsize=10)
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def cycles_rss(r: dict, path: Path) -> bool:
@@ -219,10 +211,7 @@ def cycles_rss(r: dict, path: Path) -> bool:
     ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="lower right")
     ax.set_title(f"{c['cycles']} REST create/stop cycles ({c['in_flight']} in flight)", fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def faults(r: dict, path: Path) -> bool:
@@ -243,10 +232,7 @@ def faults(r: dict, path: Path) -> bool:
     ax.set_xlabel("fault → clean state (ms, log scale); red bar: resources left")
     ax.set_title("Fault matrix: time to clean", fontsize=10)
     ax.grid(axis="x", which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 PLOTS: dict[str, Callable[[dict, Path], bool]] = {

@@ -473,12 +473,13 @@ def readme_figures(r: dict) -> str:
     m = r["machine"]
     commit = m.get("commit") or "unknown"
     dirty = m.get("dirty", commit.endswith("-dirty"))
-    load = m["loadavg_start"][0]
+    start, end = m["loadavg_start"][0], m["loadavg_end"][0]
+    load = max(start, end)
     lines = [
         README_START,
         f"From the last full `make bench` ({m['date'][:10]}, commit `{commit.removesuffix('-dirty')}`"
         + (", **run on a tree with uncommitted changes**" if dirty else "")
-        + f"; {m['nproc']} CPUs, load average {load} at start"
+        + f"; {m['nproc']} CPUs, load average {start} at start, {end} at the end"
         + (": **taken under load**, wall-clock figures are inflated" if load >= m["nproc"] * 0.5 else "")
         + "). Details, references and every sample: [docs/BENCHMARKS.md](docs/BENCHMARKS.md).",
         "",
@@ -532,7 +533,7 @@ def render_markdown(r: dict) -> str:
             "`status running`, then time `s.stop()`: the polite `stop` on the control pipe, the worker finalizes (nothing "
             "was fed) and exits, the supervisor reaps it and its reader tasks drain.",
             f"- **ours, ignores SIGTERM**: a `Supervisor(grace={g['grace_s']:g}, term_grace={g['term_grace_s']:g})` on its own asyncio loop, "
-            "worker started with `LOQUILEX_WORKER_FAULT=hang,ignore-sigterm` (deaf after `running`, SIGTERM ignored); time "
+            "worker `python -m loquilex_nb.testing.faulty_worker hang,ignore-sigterm` (its main thread stuck in a native call from `running` on, SIGTERM ignored); time "
             "`await session.stop()` (ends `killed`). Its wall time is set by the two graces (3 + 2 s by default); what the "
             "supervisor adds is the time beyond them, compared with `shutdown_kernel(now=True)` (also SIGKILL + reap).",
             "- **jupyter_client**: `KernelManager(kernel_name='python3')`, `start_kernel()`, a client's `wait_for_ready()`, "

@@ -35,10 +35,14 @@ from abuse import bench_abuse  # noqa: E402
 from faults import bench_faults  # noqa: E402
 from live import run as live_run  # noqa: E402
 from hub import hub_section  # noqa: E402
-from measure import REPO, machine  # noqa: E402
+from measure import REPO, concat_wav, machine  # noqa: E402
 from longaudio import make_long  # noqa: E402
 from report import render_markdown, render_text, update_readme  # noqa: E402
-from server import SAMPLE, SPEECH, JupyterServer, bench_cycles, bench_fanout, bench_latency, bench_overhead, concat_wav, counters, settle_to  # noqa: E402
+from server import SAMPLE, SPEECH, JupyterServer, counters, settle_to  # noqa: E402
+from cycles import bench_cycles  # noqa: E402
+from fanout import bench_fanout  # noqa: E402
+from latency import bench_latency  # noqa: E402
+from overhead import bench_overhead  # noqa: E402
 from stall import bench_stall  # noqa: E402
 from stopping import bench_stopping  # noqa: E402
 from labext import bench_labext  # noqa: E402

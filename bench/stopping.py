@@ -4,7 +4,7 @@ All six variants run interleaved (one of each per round) in this process, so a b
 load on the shared machine hits every variant alike:
 
 - ours, cooperative: `lx.session(lx.PushSource())`, wait for `status running`, time `s.stop()`;
-- ours, a worker that ignores stop and SIGTERM (`LOQUILEX_WORKER_FAULT=hang,ignore-sigterm`)
+- ours, a worker that ignores stop and SIGTERM (`faulty_worker.argv("hang", "ignore-sigterm")`)
   on a `Supervisor(grace, term_grace)`: time `await session.stop()` (ends `killed`);
 - `jupyter_client.KernelManager.shutdown_kernel(now=False)` of a real ipykernel (ready first);
 - the same with `now=True`;
@@ -29,6 +29,7 @@ from measure import summary
 
 import loquilex_nb as lx
 from loquilex_nb.core.config import build_config
+from loquilex_nb.testing import faulty_worker
 
 ESC_GRACE = 0.5
 ESC_TERM_GRACE = 0.5
@@ -65,11 +66,11 @@ def ours_cooperative(tmp: Path) -> dict:
 
 
 async def _ours_escalated(tmp: Path) -> dict:
-    sup = lx.Supervisor(grace=ESC_GRACE, term_grace=ESC_TERM_GRACE)
+    sup = lx.Supervisor(grace=ESC_GRACE, term_grace=ESC_TERM_GRACE, worker_argv=faulty_worker.argv("hang", "ignore-sigterm"))
     try:
         sid = f"bench-esc-{uuid.uuid4().hex[:8]}"
         config = build_config(lx.PushSource(), sid=sid, output_root=tmp)
-        session = await sup.create(config, sid=sid, worker_env={"LOQUILEX_WORKER_FAULT": "hang,ignore-sigterm"})
+        session = await sup.create(config, sid=sid)
         deadline = time.monotonic() + RUNNING_TIMEOUT
         seq = 0
         while session.state != "running":

@@ -116,6 +116,7 @@ class SessionManager:
         self.stop_on_kernel_restart = stop_on_kernel_restart
         self._owner_pids: dict[str, int | None] = {}
         self._sweeper: asyncio.Task | None = None
+        self.sweeps = 0
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
 
@@ -295,7 +296,9 @@ class SessionManager:
         by_kernel: dict[str, int] = {}
         for s in self.supervisor.list():
             figures = worker_figures(s.pid).as_dict() if s.pid else {}
-            sessions.append({"sid": s.id, "state": s.state, "owner": s.owner, **figures})
+            # WebSockets open to it (hello or not): what a watching client costs the server
+            conns = len(self.hub.sockets.get(s.id, ()))
+            sessions.append({"sid": s.id, "state": s.state, "owner": s.owner, "connections": conns, **figures})
             if s.owner:
                 by_kernel[s.owner] = by_kernel.get(s.owner, 0) + 1
         return {
@@ -366,6 +369,7 @@ class SessionManager:
                 await self.sweep_once()
             except Exception:
                 log.exception("loquilex sweep failed")
+            self.sweeps += 1  # lets a test wait for "N sweeps passed" instead of guessing a time
 
 
 def _alive(pid: int) -> bool:

@@ -39,10 +39,11 @@ def unload_ipython_extension(ipython):
 
 def __getattr__(name):
     # the widgets need ipywidgets (the `lab` extra): imported on first use only
-    if name in ("ResourceMonitor", "CaptionView"):
+    if name in ("ResourceMonitor", "CaptionView", "widgets"):
         from .ui import widgets
 
-        return getattr(widgets, name)
+        # `from loquilex_nb import widgets` (the module's place before the layers) still works
+        return widgets if name == "widgets" else getattr(widgets, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

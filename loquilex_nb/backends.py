@@ -11,9 +11,38 @@ import threading
 from typing import Any, Protocol
 
 from .core.config import SessionConfig, build_config
+from .core.events import EndReason, Event
 from .remote import discovery
 from .remote.client import RemoteBackend
 from .supervisor.runtime import RUNTIME
+
+
+class SessionCore(Protocol):
+    """A running session as the handle sees it, on the private loop: the supervisor's
+    `Session` (embedded) or a `RemoteSessionCore` (server mode)."""
+
+    id: str
+    state: str
+    pid: int | None
+    end: EndReason | None
+
+    @property
+    def alive(self) -> bool: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def finals(self) -> list[Event]: ...
+    @property
+    def revisions(self) -> list[Event]: ...
+    @property
+    def partial(self) -> Event | None: ...
+
+    async def next_events(self, seq: int, timeout: float | None = None) -> tuple[list[Event], bool]: ...
+    async def feed(self, data: bytes, fmt: str) -> None: ...
+    async def finalize(self) -> None: ...
+    async def stop(self, grace: float | None = None) -> EndReason: ...
+    async def wait(self, timeout: float | None = None) -> EndReason | None: ...
+    async def close(self) -> None: ...
 
 
 class Backend(Protocol):
@@ -24,8 +53,8 @@ class Backend(Protocol):
     def prepare(self, source: Any, sid: str, options: dict[str, Any]) -> Any:
         """Validate everything; raise ValueError before any process starts."""
 
-    async def create(self, prepared: Any, sid: str) -> Any:
-        """Start the session; return its core (events, feed, stop, wait)."""
+    async def create(self, prepared: Any, sid: str) -> SessionCore:
+        """Start the session; return its core."""
 
 
 class EmbeddedBackend:
@@ -36,7 +65,7 @@ class EmbeddedBackend:
     def prepare(self, source: Any, sid: str, options: dict[str, Any]) -> SessionConfig:
         return build_config(source, sid=sid, **options)
 
-    async def create(self, prepared: SessionConfig, sid: str):
+    async def create(self, prepared: SessionConfig, sid: str) -> SessionCore:
         sup = RUNTIME.supervisor
         assert sup is not None
         return await sup.create(prepared, sid=sid)

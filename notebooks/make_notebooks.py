@@ -11,7 +11,7 @@ pids, ports or transcripts). nbval runs each notebook in a bare kernel and SIGKI
 end, so every notebook cleans up in its last cell and checks that the kernel's process counters
 (threads, children, fds, sockets) are back to the baseline of its first cell
 (`loquilex_nb.testing.baseline.Baseline`, which leaves out the subshells JupyterLab adds to a kernel).
-`tests/test_browser.py` runs every notebook in real JupyterLab as well.
+`tests/ui/test_browser.py` runs every notebook in real JupyterLab as well.
 """
 
 from __future__ import annotations
@@ -63,12 +63,6 @@ BACK_TO_BASELINE = code(
 
 SERVER_HELPERS = code(
     '''
-    def free_port():
-        with socket.socket() as s:
-            s.bind(('127.0.0.1', 0))
-            return s.getsockname()[1]
-
-
     def gone(pids, timeout=5.0):
         """Wait until none of `pids` runs (a zombie counts as gone); return those still running."""
         deadline = time.monotonic() + timeout
@@ -85,124 +79,28 @@ SERVER_HELPERS = code(
             time.sleep(0.05)
 
 
-    # The server gets SIGTERM when the thread that started it (this kernel's main thread) dies:
-    # nbval SIGKILLs the kernel at the end, and a failed cell must not leave a server running.
-    DIE_WITH_KERNEL = (
-        "import ctypes, runpy, signal, sys; "
-        "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0); "  # PR_SET_PDEATHSIG
-        "sys.argv[0] = 'jupyter-server'; "
-        "runpy.run_module('jupyter_server', run_name='__main__', alter_sys=True)"
-    )
     SERVERS = []
 
 
-    class Server:
-        """`jupyter server` with the loquilex extension in a subprocess, with its own temp dirs."""
+    def Server(home):
+        """`jupyter server` with only the loquilex extension, in a subprocess with its own dirs under `home`.
 
-        def __init__(self, home):
-            self.home = Path(home)
-            self.root, self.runtime = self.home / 'root', self.home / 'runtime'
-            for d in (self.root, self.runtime, self.home / 'config', self.home / 'data'):
-                d.mkdir(parents=True)
-            self.port = free_port()
-            self.token = secrets.token_hex(16)
-            self.url = f'http://127.0.0.1:{self.port}'
-            self.log_path = self.home / 'server.log'
-            self.proc = None
-            SERVERS.append(self)
-
-        def start(self, timeout=60):
-            env = {k: v for k, v in os.environ.items() if k != 'LOQUILEX_MODE'}  # its kernels auto-detect it
-            env.update(JUPYTER_RUNTIME_DIR=str(self.runtime), JUPYTER_CONFIG_DIR=str(self.home / 'config'),
-                       JUPYTER_DATA_DIR=str(self.home / 'data'), HF_HUB_OFFLINE='1')
-            argv = [
-                sys.executable, '-c', DIE_WITH_KERNEL,  # = python -m jupyter_server
-                '--allow-root', '--no-browser', '--ip=127.0.0.1', '--port', str(self.port), '--port-retries=0',
-                f'--IdentityProvider.token={self.token}', f'--ServerApp.root_dir={self.root}',
-                '--LoquilexApp.sweep_interval=0.5',
-                # only the loquilex extension: starts faster than with JupyterLab and friends
-                "--ServerApp.jpserver_extensions={'jupyter_server_ext': True, 'jupyterlab': False, 'jupyter_lsp': False,"
-                " 'notebook_shim': False, 'jupyter_server_terminals': False}",
-            ]
-            with open(self.log_path, 'wb') as log:
-                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    if self.request('GET', '/api/status')[0] == 200:
-                        return self
-                except OSError:
-                    pass
-                assert self.proc.poll() is None, f'the server exited early:\\n{self.log()}'
-                assert time.monotonic() < deadline, f'the server did not answer:\\n{self.log()}'
-                time.sleep(0.1)
-
-        def request(self, method, path, body=None):
-            data = None if body is None else json.dumps(body).encode()
-            req = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={'Authorization': f'token {self.token}'})
-            try:
-                with urllib.request.urlopen(req, timeout=30) as r:
-                    return r.status, json.loads(r.read() or b'null')
-            except urllib.error.HTTPError as e:
-                with e:
-                    return e.code, json.loads(e.read() or b'null')
-
-        def sessions(self):
-            status, body = self.request('GET', '/loquilex/api/sessions')
-            assert status == 200, body
-            return body['sessions']
-
-        def wait_session(self, pred, timeout=30):
-            """The first session whose info satisfies `pred`, polling `GET loquilex/api/sessions`."""
-            deadline = time.monotonic() + timeout
-            while True:
-                found = [s for s in self.sessions() if pred(s)]
-                if found:
-                    return found[0]
-                assert time.monotonic() < deadline, self.sessions()
-                time.sleep(0.05)
-
-        def create_push_sessions(self, n):
-            """n push sessions through REST; returns their worker pids once each worker runs."""
-            infos = []
-            for _ in range(n):
-                status, info = self.request('POST', '/loquilex/api/sessions', {'source': {'kind': 'push'}})
-                assert status == 201, info
-                infos.append(info)
-            ids = {i['id'] for i in infos}
-            for sid in ids:
-                self.wait_session(lambda s: s['id'] == sid and s['state'] == 'running')
-            return [i['pid'] for i in infos]
-
-        def stop(self, sig=signal.SIGTERM, timeout=30):
-            """Signal the server and reap it; returns its exit code."""
-            self.proc.send_signal(sig)
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(f'the server ignored {sig!r}:\\n{self.log()}') from None
-
-        def close(self):
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.kill()
-            if self.proc is not None:
-                self.proc.wait()
-
-        def log(self):
-            return self.log_path.read_text(errors='replace')[-4000:]
+        It gets SIGTERM if this kernel dies (nbval SIGKILLs the kernel at the end, and a failed
+        cell must not leave a server running); the last cell closes every one.
+        """
+        server = JupyterServer(home, args=['--LoquilexApp.sweep_interval=0.5'])
+        SERVERS.append(server)
+        return server
     '''
 )
 
 COMMON_IMPORTS = """
-import json, os, secrets, shutil, signal, socket, subprocess, sys, tempfile, time
-import urllib.error, urllib.request
+import json, shutil, signal, tempfile, time
 from pathlib import Path
 
 import psutil
 from loquilex_nb.testing.baseline import Baseline
+from loquilex_nb.testing.jupyter import JupyterServer
 
 baseline = Baseline()  # this kernel's threads, children, fds and sockets now
 tmp = Path(tempfile.mkdtemp(prefix='{prefix}'))
@@ -530,7 +428,7 @@ NB04 = [
         code = srv.stop(signal.SIGTERM)
         print('server exited on SIGTERM:', code in (0, -signal.SIGTERM))
         # reaped by the server itself, so not even a zombie is left the moment it has exited
-        print('workers left:', [p for p in pids if psutil.pid_exists(p)])
+        print('workers left:', [p for p in pids if psutil.pid_exists(p) or p in srv.left_behind])
         print('stop_extension finished cleanly:', 'stop_extension did not finish cleanly' not in srv.log())
         """
     ),

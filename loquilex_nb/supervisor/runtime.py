@@ -14,8 +14,7 @@ import concurrent.futures
 import logging
 import os
 import threading
-import time
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Callable, Coroutine, TypeVar
 
 from .supervisor import Supervisor
 
@@ -46,21 +45,48 @@ def max_sessions_from_env() -> int | None:
 
 
 def wait_future(fut: concurrent.futures.Future, timeout: float | None = None) -> Any:
-    """Block on a future in short slices so Ctrl-C (KeyboardInterrupt) gets through."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        slice_ = 0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))
+    """The future's result, waited for in one piece: on POSIX a signal interrupts the wait, so
+    Ctrl-C (KeyboardInterrupt) still gets through. Ctrl-C, the timeout, or any other exception
+    raised here cancels the work behind the future."""
+    try:
+        return fut.result(timeout)
+    except concurrent.futures.TimeoutError:
+        if fut.done():  # the coroutine itself raised TimeoutError: that is its result
+            return fut.result()
+        fut.cancel()
+        raise TimeoutError("timed out") from None
+    except BaseException:
+        fut.cancel()
+        raise
+
+
+_exit_hooks: list[Callable[[], None]] = []
+_exit_lock = threading.Lock()
+
+
+def at_exit(fn: Callable[[], None]) -> bool:
+    """Call `fn` at interpreter exit before Python joins non-daemon threads (plain `atexit` runs
+    after that join, too late to stop the threads it would wait for). Hooks run newest first,
+    like atexit's: what was set up on top of the runtime stops before it. False when the
+    interpreter is already shutting down."""
+    with _exit_lock:
+        if not _exit_hooks:
+            try:
+                threading._register_atexit(_run_exit_hooks)  # type: ignore[attr-defined]
+            except RuntimeError:
+                return False
+        _exit_hooks.append(fn)
+    return True
+
+
+def _run_exit_hooks() -> None:
+    with _exit_lock:
+        hooks = list(reversed(_exit_hooks))
+    for fn in hooks:
         try:
-            return fut.result(timeout=slice_)
-        except concurrent.futures.TimeoutError:
-            if fut.done():  # the coroutine itself raised TimeoutError: that is its result
-                return fut.result()
-            if deadline is not None and time.monotonic() >= deadline:
-                fut.cancel()
-                raise TimeoutError("timed out") from None
-        except BaseException:
-            fut.cancel()
-            raise
+            fn()
+        except Exception as exc:  # one failing hook must not keep the others from running
+            log.error("loquilex exit hook %r failed: %r", fn, exc)
 
 
 _UNSET: Any = object()
@@ -109,7 +135,7 @@ class Runtime:
     def acquire(self) -> None:
         with self._lock:
             if self._thread is None:
-                self.max_sessions  # a bad $LOQUILEX_MAX_SESSIONS fails here, before any thread
+                _ = self.max_sessions  # a bad $LOQUILEX_MAX_SESSIONS fails here, before any thread
                 self._start_locked()
             self._refs += 1
 
@@ -132,13 +158,16 @@ class Runtime:
         await asyncio.shield(asyncio.wrap_future(exited))
         thread.join()  # the thread has finished its last statement; this returns at once
 
-    def submit(self, coro: Awaitable[T]) -> concurrent.futures.Future:
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future:
         loop = self._loop
         if loop is None:
+            close = getattr(coro, "close", None)
+            if close is not None:
+                close()  # never awaited: say nothing of it at garbage collection
             raise RuntimeError("the loquilex runtime is not running")
         return asyncio.run_coroutine_threadsafe(coro, loop)
 
-    def call(self, coro_fn: Callable[[Supervisor], Awaitable[T]], timeout: float | None = None) -> T:
+    def call(self, coro_fn: Callable[[Supervisor], Coroutine[Any, Any, T]], timeout: float | None = None) -> T:
         assert self._supervisor is not None
         return wait_future(self.submit(coro_fn(self._supervisor)), timeout)
 
@@ -173,9 +202,7 @@ class Runtime:
         self._thread.start()
         ready.wait()
         if not self._atexit_registered:
-            # runs before the interpreter joins non-daemon threads, unlike atexit
-            threading._register_atexit(self.shutdown)  # type: ignore[attr-defined]
-            self._atexit_registered = True
+            self._atexit_registered = at_exit(self.shutdown)
 
     def _detach_if_last(self, force: bool = False):
         with self._lock:

@@ -17,8 +17,9 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from ..core.errors import SessionEnded
 from ..core.config import SessionConfig
+from ..core.errors import SessionEnded
+from ..core.eventlog import EventLog, EventLogView
 from ..core.events import EndReason, Event
 
 log = logging.getLogger("loquilex_nb")
@@ -31,7 +32,7 @@ KILL_RESERVE = 1.0  # of a stop deadline, kept for SIGKILL and the reap
 STOP_RESERVE = 1.0  # of the grace, kept for a decode under way and the exit after a stop
 
 
-class Session:
+class Session(EventLogView):
     def __init__(
         self,
         sid: str,
@@ -53,11 +54,7 @@ class Session:
         self.end: EndReason | None = None
         self.created = time.time()
         self.ended_at: float | None = None  # monotonic
-        self.log: deque[Event] = deque(maxlen=log_capacity)
-        self.finals: list[Event] = []
-        self.revisions: list[Event] = []  # kept whole like finals: a late client's snapshot needs them
-        self.partial: Event | None = None
-        self.seq = 0
+        self.eventlog = EventLog(log_capacity)
         self.pid: int | None = None
         self._argv = worker_argv or [sys.executable, "-m", "loquilex_nb.worker"]
         self._env = worker_env or {}
@@ -68,8 +65,6 @@ class Session:
         self._ladder: asyncio.Task | None = None
         self._signalled: str | None = None
         self._done = asyncio.Event()
-        self._changed = asyncio.Event()
-        self._subscribers: list[Callable[[Event], None]] = []
         self._worker_error: str | None = None
         self._stop_sent = False
         self.bytes_in_flight = 0  # PCM handed to feed() and not yet taken by the pipe
@@ -85,6 +80,11 @@ class Session:
         env["LOQUILEX_PARENT_PID"] = str(os.getpid())
         env["HF_HUB_OFFLINE"] = "1"
         env.setdefault("PYTHONUNBUFFERED", "1")
+        tunables = env.get("GLIBC_TUNABLES", "")
+        if "glibc.malloc.hugetlb" not in tunables:
+            # most of an idle worker's stop is the kernel freeing its ~100 MB of malloc'd memory
+            # (the model); in transparent huge pages that takes half as long. A no-op where THP is off.
+            env["GLIBC_TUNABLES"] = ":".join(filter(None, (tunables, "glibc.malloc.hugetlb=1")))
         fd = self.config.source_fd
         try:
             self._proc = await asyncio.create_subprocess_exec(
@@ -318,58 +318,18 @@ class Session:
         self._publish("status", data={"state": state, **data})
 
     def _publish(self, type_: str, *, t_wall: float | None = None, t_mono: float | None = None, **fields: Any) -> None:
-        self.seq += 1
-        ev = Event(
+        self.eventlog.append(Event(
             type=type_,
             sid=self.id,
-            seq=self.seq,
+            seq=self.seq + 1,
             t_wall=time.time() if t_wall is None else t_wall,
             t_mono=time.monotonic() if t_mono is None else t_mono,
             **fields,
-        )
-        self.log.append(ev)
-        if type_ == "asr.final":
-            self.finals.append(ev)
-            self.partial = None
-        elif type_ == "asr.partial":
-            self.partial = ev
-        elif type_ == "asr.revision":
-            self.revisions.append(ev)
-        for fn in list(self._subscribers):
-            try:
-                fn(ev)
-            except Exception:  # a broken consumer must not stop the session
-                log.exception("event subscriber failed for session %s", self.id)
-        self._changed.set()
-        self._changed = asyncio.Event()
+        ))
 
-    def subscribe(self, fn: Callable[[Event], None]) -> Callable[[], None]:
-        self._subscribers.append(fn)
-
-        def unsubscribe() -> None:
-            if fn in self._subscribers:
-                self._subscribers.remove(fn)
-
-        return unsubscribe
-
-    def events_after(self, seq: int) -> tuple[list[Event], bool]:
-        """Events with a higher seq still in the log, and whether some were already dropped."""
-        if not self.log or self.log[-1].seq <= seq:
-            return [], False
-        first = self.log[0].seq
-        start = max(0, seq + 1 - first)
-        return list(self.log)[start:], first > seq + 1
-
-    async def next_events(self, seq: int, timeout: float | None = None) -> tuple[list[Event], bool]:
-        events, gap = self.events_after(seq)
-        if events or self._done.is_set():
-            return events, gap
-        changed = self._changed
-        try:
-            await asyncio.wait_for(changed.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
-        return self.events_after(seq)
+    @property
+    def log(self) -> deque[Event]:
+        return self.eventlog.events
 
     def info(self) -> dict[str, Any]:
         return {

@@ -53,7 +53,7 @@ def _ipykernel_fds() -> list[int]:
             continue
     return fds
 
-_EXPR = "__import__('loquilex_nb.notebook_leakcheck', fromlist=['_']).snapshot_json()"
+_EXPR = "__import__('loquilex_nb.testing.notebook_leakcheck', fromlist=['_']).snapshot_json()"
 
 
 def snapshot() -> dict[str, Any]:

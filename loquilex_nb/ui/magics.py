@@ -31,18 +31,8 @@ def _mib(n: Any) -> str:
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     return "\n".join(lines)
-
-
-def _remote(method: str, path: str) -> Any:
-    """One request to the server backend, made on the private loop (started just for it)."""
-    backend = api.default_backend()
-    RUNTIME.acquire()
-    try:
-        return api.wait_future(RUNTIME.submit(backend.request(method, path)))
-    finally:
-        RUNTIME.release()
 
 
 def format_sessions(sessions: list[dict[str, Any]]) -> str:
@@ -140,7 +130,7 @@ class LoquilexMagics(Magics):
             return
         sid = matches[0]["id"]
         if api._server_mode():
-            info = _remote("DELETE", f"sessions/{sid}")
+            info = api.server_request("DELETE", f"sessions/{sid}")
             end = (info or {}).get("end") if isinstance(info, dict) else None
         else:
             if RUNTIME.supervisor is None:

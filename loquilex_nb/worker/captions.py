@@ -158,6 +158,7 @@ class CaptionWriter:
         self._recent: deque[str] = deque(maxlen=final_lines)
         self._by_segment: dict[int, int] = {}  # segment id -> index in _cues, for revisions
         self._closed = False
+        self._partial_shown = False  # partial.txt holds text (an empty one needs no rewrite)
 
         self._paths: dict[str, Path] = {"partial": self._dir / "partial.txt"}
         if "txt" in fmts:
@@ -184,6 +185,13 @@ class CaptionWriter:
         """Show ``text`` as the in-progress line."""
         line = _one_line(text)
         atomic_write_text(self._paths["partial"], line + "\n" if line else "")
+        self._partial_shown = bool(line)
+
+    def _clear_partial(self) -> None:
+        # a stop of a session that heard nothing must not wait for two fsyncs
+        if self._partial_shown:
+            atomic_write_text(self._paths["partial"], "")
+            self._partial_shown = False
 
     def final(self, text: str, t0: float, t1: float, segment_id: int | None = None) -> None:
         """Commit a finished utterance spanning ``t0``..``t1`` seconds."""
@@ -208,7 +216,7 @@ class CaptionWriter:
         self._cues.append(Cue(start, end, line))
         self._recent.append(line)
         self._write_finals()
-        atomic_write_text(self._paths["partial"], "")
+        self._clear_partial()
 
     def revise(self, segment_id: int, text: str) -> bool:
         """Replace the text of an earlier final (same cue times); False if it is unknown."""
@@ -227,7 +235,7 @@ class CaptionWriter:
         if self._closed:
             return
         self._closed = True
-        atomic_write_text(self._paths["partial"], "")
+        self._clear_partial()
 
     def __enter__(self) -> CaptionWriter:
         return self

@@ -97,15 +97,16 @@ class StreamingRecognizer:
                 self._forced_split(end)
         self._trim()
 
-    def tick(self, backlogged: bool) -> None:
+    def tick(self, backlogged: bool) -> bool:
         """Live schedule: a partial when enough new audio arrived and we are caught up; with
-        time to spare, a revision of an older final."""
+        time to spare, a revision of an older final. True if it did one (there may be more);
+        False means nothing is due until more audio arrives (the schedule counts samples)."""
         if not self.live or backlogged:
-            return
+            return False
         if self.utt_start is not None and self.total - self.last_partial_at >= self.cfg.partial_interval * SAMPLE_RATE:
             self._partial()
-            return
-        self.revisions.run_one(self.total)
+            return True
+        return self.revisions.run_one(self.total)
 
     def finalize(self, decode: bool = True) -> None:
         """Commit everything heard so far. decode=False reuses the last partial (fast exit)."""
@@ -179,12 +180,13 @@ class StreamingRecognizer:
         inside a word makes Whisper stumble), and the prompt is only the text *before* that
         audio: a prompt that repeats the audio makes Whisper copy it or skip the audio.
         """
-        lo, ctx_len, upto = start - PAD, len(self.context), len(self.context)
+        # without left context the prompt still stops before this audio: a revision's own
+        # final (and any later one) is already in self.context
+        upto = next((before for s, _, before in self.spans if s >= start), len(self.context))
+        lo, ctx_len = start - PAD, upto
         for s, e, before in self.spans:
-            if s >= start - left and e <= start and s >= self.buf_start and ctx_len == len(self.context):
+            if s >= start - left and e <= start and s >= self.buf_start:
                 lo, ctx_len = min(s - int(0.1 * SAMPLE_RATE), start - PAD), before
-            if s >= start:  # a revision's own final and later ones are not before it
-                upto = before
                 break
         known = self.context[ctx_len:upto].strip() if lo < start - PAD else ""
         return max(self.buf_start, lo), self.context[:ctx_len][-self.cfg.context_chars :], known

@@ -5,7 +5,9 @@ import { IEnvelope } from './socket';
 
 export interface IFinal {
   seq: number;
+  segment: number | null;
   text: string;
+  revised: boolean; // its text was replaced by an asr.revision (decoded again with later audio)
   t0: number;
   t1: number;
   latency: number | null;
@@ -55,11 +57,17 @@ export class CaptionModel {
         this.addFinal(env);
         this.partial = '';
         break;
+      case 'asr.revision':
+        this.revise(env);
+        break;
       case 'gap': {
         const snap = data.snapshot ?? {};
         this.finals.length = 0;
         for (const f of snap.finals ?? []) {
           this.addFinal(f);
+        }
+        for (const r of snap.revisions ?? []) {
+          this.revise(r);
         }
         this.partial = snap.partial?.data?.text ?? '';
         this.state = snap.state ?? this.state;
@@ -105,6 +113,27 @@ export class CaptionModel {
     Signal.clearData(this);
   }
 
+  /** Finals whose text a revision replaced since the last call (a view updates them in place). */
+  takeRevised(): IFinal[] {
+    return this.revisedSince.splice(0);
+  }
+
+  private revisedSince: IFinal[] = [];
+
+  /** The caption files take revisions in place: so does the view, or the two would differ. */
+  private revise(env: IEnvelope): void {
+    const d = env.data ?? {};
+    const f = this.finals.find(x => x.segment !== null && x.segment === d.segment_id && x.seq < (env.seq ?? Infinity));
+    if (f && typeof d.text === 'string' && d.text !== f.text) {
+      f.text = d.text;
+      f.revised = true;
+      this.revisedSince.push(f);
+      if (this.revisedSince.length > this.keepFinals) {
+        this.revisedSince.shift(); // a model nobody renders (the sidebar's) stays bounded
+      }
+    }
+  }
+
   private addFinal(env: IEnvelope): void {
     const d = env.data ?? {};
     if (env.seq !== null && this.finals.length && this.finals[this.finals.length - 1].seq >= env.seq) {
@@ -112,7 +141,9 @@ export class CaptionModel {
     }
     this.finals.push({
       seq: env.seq ?? 0,
+      segment: d.segment_id ?? null,
       text: d.text ?? '',
+      revised: false,
       t0: d.t0 ?? 0,
       t1: d.t1 ?? 0,
       latency: d.data?.latency ?? null,

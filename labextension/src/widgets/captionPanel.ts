@@ -1,7 +1,7 @@
 /** The main-area live caption panel: finals with times, the moving partial, notices, files. */
 import { Widget } from '@lumino/widgets';
 
-import { CaptionModel, clock } from '../services/captionModel';
+import { CaptionModel, clock, IFinal } from '../services/captionModel';
 
 export interface ICaptionPanelActions {
   stop?: () => void;
@@ -106,9 +106,17 @@ export class CaptionPanel extends Widget {
       time.textContent = `${clock(f.t0)}–${clock(f.t1)}`;
       const text = this.el('span', 'lx-text', li);
       text.textContent = f.text;
+      this.markRevised(li, f);
       this.finalList.appendChild(li);
     }
     this.shownFinals = m.finals.length;
+    for (const f of m.takeRevised()) {
+      const li = this.finalList.querySelector<HTMLElement>(`li.lx-final[data-seq="${f.seq}"]`);
+      if (li) {
+        (li.querySelector('.lx-text') as HTMLElement).textContent = f.text;
+        this.markRevised(li, f);
+      }
+    }
     for (const n of m.notices.slice(this.shownNotices)) {
       const li = this.el('li', `lx-notice lx-notice-${n.kind}`, this.noticeList);
       li.textContent = n.text;
@@ -130,6 +138,14 @@ export class CaptionPanel extends Widget {
     this.statsLine.textContent =
       `sent ${s.framesSent} frames, ${(s.bytesSent / 1024).toFixed(0)} KiB` +
       (s.reconnects ? ` · ${s.reconnects} reconnect(s), ${(s.bytesLost / 32000).toFixed(1)} s lost` : '');
+  }
+
+  private markRevised(li: HTMLElement, f: IFinal): void {
+    if (f.revised) {
+      li.dataset.revised = 'true';
+      li.classList.add('lx-revised');
+      li.title = 'revised: decoded again with the audio that followed it';
+    }
   }
 
   private button(parent: HTMLElement, name: string, label: string, tip: string, onClick: () => void): void {

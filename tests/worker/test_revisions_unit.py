@@ -1,0 +1,113 @@
+"""Agreement, word cutting and caption revisions: the pure parts, without a model."""
+
+import dataclasses
+
+import webvtt
+
+from loquilex_nb.worker.agreement import TimedWord, agreed_prefix, commit_point, inside, join, same_text
+from loquilex_nb.worker.captions import CaptionWriter
+from loquilex_nb.core.events import Event, revised
+
+SR = 16000
+
+
+def words(spec):
+    """'the:0-0.2 cat.:0.3-0.6' -> TimedWords (seconds -> samples)."""
+    out = []
+    for item in spec.split():
+        w, times = item.rsplit(":", 1)
+        a, b = times.split("-")
+        out.append(TimedWord(w, int(float(a) * SR), int(float(b) * SR)))
+    return out
+
+
+def test_agreed_prefix_ignores_case_and_punctuation_and_stops_at_first_difference():
+    prev = words("The:0-0.2 boy:0.2-0.4 was:0.4-0.6 thair:0.6-0.9")
+    cur = words("the:0-0.2 boy,:0.2-0.4 was:0.4-0.6 there.:0.6-0.9 A:1.2-1.3")
+    assert agreed_prefix(prev, cur) == 3
+    assert agreed_prefix([], cur) == 0
+
+
+def test_sentence_end_commits_only_when_agreed_and_followed_or_settled():
+    cur = words("the:0-0.2 sun:0.2-0.5 rose.:0.5-0.9 a:1.4-1.5 rod:1.5-1.8")
+    # agreed through "rose." and the speaker went on: commit the sentence, keep the rest
+    assert commit_point(cur, 3, 2 * SR, settle=SR // 2, long_utterance=False) == 3
+    # the period is not agreed yet: nothing
+    assert commit_point(cur, 2, 2 * SR, settle=SR // 2, long_utterance=False) == 0
+    alone = words("the:0-0.2 sun:0.2-0.5 rose.:0.5-0.9")
+    # a trailing period Whisper adds at the edge of the audio is not a sentence end yet ...
+    assert commit_point(alone, 3, int(1.0 * SR), settle=SR // 2, long_utterance=False) == 0
+    # ... unless nothing more was said for `settle`, whatever the background did
+    assert commit_point(alone, 3, int(1.5 * SR), settle=SR // 2, long_utterance=False) == 3
+
+
+def test_long_utterance_commits_agreed_words_but_the_last():
+    cur = words("and:0-0.2 then:0.2-0.4 we:0.4-0.6 went:0.6-0.8 on:0.8-1")
+    assert commit_point(cur, 4, 2 * SR, settle=SR, long_utterance=True) == 3
+    assert commit_point(cur, 4, 2 * SR, settle=SR, long_utterance=False) == 0
+    assert commit_point(cur, 2, 2 * SR, settle=SR, long_utterance=True) == 0
+
+
+def test_inside_cuts_left_context_by_word_times_despite_stretched_edges():
+    # previous utterance (ends 2.0), a pause, the utterance at 2.5..4.0 whose first word the
+    # aligner stretched back into the pause, and a next word stretched forward
+    ws = words("old:1.5-2.0 words.:1.6-2.0 new:2.0-2.8 text:2.8-3.5 here.:3.5-4.6 next:4.6-5")
+    got = inside(ws, int(2.5 * SR), int(4.0 * SR), slack=int(0.1 * SR))
+    assert join(got) == "new text here."
+    assert join(inside(ws, int(2.5 * SR), slack=int(0.1 * SR))) == "new text here. next"
+
+
+def test_same_text_ignores_case_and_punctuation():
+    assert same_text("Hello, world.", "hello world")
+    assert not same_text("hello world", "hello word")
+
+
+def ev(type_, seq, seg, text):
+    return Event(type_, "s", seq, 0.0, 0.0, segment_id=seg, text=text, t0=float(seg), t1=seg + 0.5)
+
+
+def test_revised_keeps_order_and_every_segment():
+    finals = [ev("asr.final", 1, 1, "a"), ev("asr.final", 2, 2, "b"), ev("asr.final", 4, 3, "c")]
+    revs = [ev("asr.revision", 3, 1, "A"), ev("asr.revision", 5, 3, "C"), ev("asr.revision", 6, 3, "C2")]
+    out = revised(finals, revs)
+    assert [e.segment_id for e in out] == [1, 2, 3]
+    assert [e.text for e in out] == ["A", "b", "C2"]
+    assert out[1] is finals[1] and dataclasses.replace(out[0], text="a") == finals[0]
+
+
+def test_caption_files_take_revisions_in_place(tmp_path):
+    w = CaptionWriter(tmp_path, final_lines=2)
+    w.final("one", 0.0, 1.0, segment_id=1)
+    w.final("two", 1.0, 2.0, segment_id=2)
+    w.final("three", 2.0, 3.0, segment_id=3)
+    assert w.revise(2, "TWO fixed")
+    assert not w.revise(9, "unknown segment")
+    assert not w.revise(1, "   ")  # an empty revision never blanks a caption
+    cues = list(webvtt.read(str(tmp_path / "captions.vtt")))
+    assert [c.text for c in cues] == ["one", "TWO fixed", "three"]
+    assert [(c.start_in_seconds, c.end_in_seconds) for c in cues] == [(0, 1), (1, 2), (2, 3)]
+    assert (tmp_path / "final.txt").read_text().splitlines() == ["TWO fixed", "three"]
+    assert "TWO fixed" in (tmp_path / "captions.srt").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_decode_prompt_never_holds_the_text_of_its_own_audio_or_later():
+    """The prompt is the text before the decoded audio; with no earlier final near enough to
+    be left context (the first utterance, or one after a long pause) it must still stop
+    there: a revision's own final is already in the context, and a prompt repeating the audio
+    made Whisper skip it ("Please open" for a whole sentence and the next one)."""
+    from loquilex_nb.core.config import AsrConfig
+    from loquilex_nb.worker.streaming import StreamingRecognizer, Utterance
+
+    rec = StreamingRecognizer(None, AsrConfig(), lambda *a, **k: None, live=True)
+    for seg, (a, b, text) in enumerate([(1, 3, "one."), (10, 12, "two."), (13, 15, "three.")], 1):
+        assert rec._emit_final(Utterance(a * SR, b * SR, seg), text, [])
+    left = 6 * SR
+    # the first final: nothing was said before it
+    assert rec.context_at(1 * SR, left) == (0, "")
+    # no final within `left` before it: no audio context, and only the text before it
+    assert rec.context_at(10 * SR, left) == (9 * SR, "one.")
+    # the final before it is its left context: the prompt is the text before that one
+    assert rec.context_at(13 * SR, left) == (int(9.9 * SR), "one.")
+    # a new utterance after all of them: everything said is its prompt
+    assert rec.context_at(20 * SR, 0) == (19 * SR, "one. two. three.")
