@@ -105,8 +105,8 @@ class Session(EventLogView):
         # after `stop`, the audio queued ahead of it is decoded while the grace allows, with
         # time left for the last decode: a flooded push session still ends on its own
         payload["stop_budget"] = max(0.5, self.grace - STOP_RESERVE)
-        payload = json.dumps(payload) + "\n"
-        self._proc.stdin.write(payload.encode())
+        assert self._proc.stdin is not None  # spawned with stdin=PIPE
+        self._proc.stdin.write((json.dumps(payload) + "\n").encode())
         self._tasks = [
             asyncio.create_task(self._read_events(), name=f"loquilex-events-{self.id}"),
             asyncio.create_task(self._read_stderr(), name=f"loquilex-stderr-{self.id}"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import time
 import uuid
@@ -118,7 +119,7 @@ class Supervisor:
     async def stop_all(self, deadline: float | None = None) -> None:
         await self._stop_many(list(self._live.values()), deadline)
 
-    async def stop_owned(self, owner: str) -> list[str]:
+    async def stop_owned(self, owner: str) -> builtins.list[str]:  # `list` here is the method above
         owned = [s for s in self._live.values() if s.owner == owner]
         await self._stop_many(owned)
         return [s.id for s in owned]

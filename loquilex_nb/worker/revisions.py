@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from .agreement import inside, join, norm, same_text, timed
 from ..core.config import SAMPLE_RATE
+from .agreement import inside, join, norm, same_text, timed
 
 REVISE_RIGHT_S = 3.0  # later audio a revision waits for
 REVISE_LEFT_S = 6.0  # earlier audio it decodes with

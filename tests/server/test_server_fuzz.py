@@ -322,7 +322,8 @@ sources = json_values | st.fixed_dictionaries(
 )
 option_values = json_values | st.sampled_from([1, 2, 0.5, 8.0, "int8", "float32", "en", ["vtt"], "srt,txt", [], ["vtt", "pdf"], -1, 10**6,
                                                10**19, ["vtt", "vtt"], {"vtt": 1}, ".", "a/" * 40, True, "x" * 5000, "/tmp"])
-option_keys = st.sampled_from(sorted(ASR_KEYS) + ["formats", "final_lines", "out", "kernel_id", "model", "owner", "output_root", "sid", "realtime", "source", "beam_sise", "overwrite"]) | st.text(max_size=8)
+OTHER_KEYS = ["formats", "final_lines", "out", "kernel_id", "model", "owner", "output_root", "sid", "realtime", "source", "beam_sise", "overwrite"]
+option_keys = st.sampled_from(sorted(ASR_KEYS) + OTHER_KEYS) | st.text(max_size=8)
 bodies = st.one_of(
     json_values.map(json.dumps),
     st.builds(lambda src, opts: json.dumps({"source": src, **opts}), sources, st.dictionaries(option_keys, option_values, max_size=4)),

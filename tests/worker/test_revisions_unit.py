@@ -4,9 +4,9 @@ import dataclasses
 
 import webvtt
 
+from loquilex_nb.core.events import Event, revised
 from loquilex_nb.worker.agreement import TimedWord, agreed_prefix, commit_point, inside, join, same_text
 from loquilex_nb.worker.captions import CaptionWriter
-from loquilex_nb.core.events import Event, revised
 
 SR = 16000
 

@@ -12,10 +12,9 @@ import webvtt
 import loquilex_nb as lx
 from loquilex_nb.core.audio import iter_file_chunks
 from loquilex_nb.core.config import build_asr_config
-from loquilex_nb.worker.decoder import WhisperDecoder
 from loquilex_nb.core.events import revised
+from loquilex_nb.worker.decoder import WhisperDecoder
 from loquilex_nb.worker.streaming import StreamingRecognizer
-
 from tests.helpers import FIXTURES, wer
 
 ROOM = FIXTURES / "room_babble.wav"  # three sentences over reversed speech 8 dB down, no pause
