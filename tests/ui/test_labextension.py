@@ -301,7 +301,7 @@ def python_watcher_cost(lab, sid: str) -> dict:
     before = server_counters(lab)
 
     async def watch() -> dict:
-        url = lab.url.replace("http", "ws", 1) + f"loquilex/api/sessions/{sid}/events"
+        url = lab.url.replace("http", "ws", 1) + f"/loquilex/api/sessions/{sid}/events"
         ws = await websocket_connect(HTTPRequest(url, headers={"Authorization": f"token {lab.token}"}))
         try:
             await ws.write_message(json.dumps({"type": "hello"}))
