@@ -9,10 +9,8 @@ never committed. Two ways to run one condition, reported apart:
   microphone or a pushed stream would arrive; CPU is the worker's own (user+system) while
   running; latency is measured in the worker (arrival of the final's last audio -> event).
 - `sim` (--sim, and the quick form): the same StreamingRecognizer in this process, fed
-  0.1 s chunks with every tick taken (as if decoding were free): WER and CPU without the
-  wall time (this process's CPU time ÷ audio seconds, robust on a shared machine: other
-  processes do not add to it); latency as audio behind the final ("audio_lag").
-Partials are counted per second of audio and per second of speech (the finals' spans).
+  0.1 s chunks with every tick taken (as if decoding were free): WER and decode CPU without
+  the wall time; latency as audio behind the final ("audio_lag").
 """
 
 from __future__ import annotations
@@ -64,13 +62,11 @@ def simulate(path: Path, decoder, cfg) -> dict:
     revisions: dict[int, str] = {}
     lags, rev_delays, reasons = [], [], Counter()
     partials = 0
-    speech = 0.0
 
     def emit(type_, **f):
-        nonlocal partials, speech
+        nonlocal partials
         if type_ == "asr.final":
             finals[f["segment_id"]] = f["text"]
-            speech += f["t1"] - f["t0"]
             lags.append(f["data"]["audio_lag"])
             reasons[f["data"]["reason"]] += 1
         elif type_ == "asr.partial":
@@ -81,13 +77,11 @@ def simulate(path: Path, decoder, cfg) -> dict:
             rev_delays.append(f["data"]["delay_s"])
 
     rec = StreamingRecognizer(decoder, cfg, emit, live=True)
-    cpu0 = time.process_time()
     for chunk in iter_file_chunks(str(path), 0.1):
         rec.push(chunk)
         rec.tick(False)
         rec.tick(False)
     rec.finalize(decode=True)
-    cpu = time.process_time() - cpu0
     ref = reference_for(path)
     dur = audio_seconds(path)
     return {
@@ -99,9 +93,6 @@ def simulate(path: Path, decoder, cfg) -> dict:
         "audio_lag_s": summary(lags),
         "revision_delay_audio_s": summary(rev_delays),
         "partials_per_s": partials / dur,
-        "speech_s": speech,
-        "partials_per_speech_s": partials / max(speech, 1e-9),
-        "cores": cpu / dur,
         "decode_cpu_s": rec.decode_cpu,
         "decode_cores": rec.decode_cpu / dur,
         "decodes": rec.decodes,
@@ -116,7 +107,6 @@ def live(path: Path, tmp: Path, **options) -> dict:
     revisions: dict[int, str] = {}
     latency, rev_delay, reasons = [], [], Counter()
     partials = 0
-    speech = 0.0
     final_at: dict[int, float] = {}
     cpu_running = cpu_finished = None
     s = lx.session(str(path), realtime=True, output_root=tmp, **options)
@@ -134,7 +124,6 @@ def live(path: Path, tmp: Path, **options) -> dict:
                 elif ev.type == "asr.final":
                     finals[ev.segment_id] = ev.text or ""
                     final_at[ev.segment_id] = ev.t_mono
-                    speech += (ev.t1 or 0.0) - (ev.t0 or 0.0)
                     reasons[data.get("reason")] += 1
                     if "latency" in data:
                         latency.append(data["latency"])
@@ -161,8 +150,6 @@ def live(path: Path, tmp: Path, **options) -> dict:
         "final_latency_s": summary(latency),
         "revision_delay_s": summary(rev_delay),
         "partials_per_s": partials / dur,
-        "speech_s": speech,
-        "partials_per_speech_s": partials / max(speech, 1e-9),
         "cores": cores,
     }
 
@@ -227,8 +214,7 @@ def brief(row: dict) -> dict:
                 "revised": round(r["revised_wer"], 3),
                 "lat_p50": (r.get("final_latency_s") or r.get("audio_lag_s") or {}).get("p50"),
                 "pps": round(r["partials_per_s"], 2),
-                "pps_speech": round(r.get("partials_per_speech_s") or 0, 2),
-                "cores": round(r.get("cores") or 0, 3),
+                "cores": round(r.get("cores") or r.get("decode_cores") or 0, 3),
                 "reasons": r["final_reasons"],
                 "revs": r["revisions"],
             }
@@ -236,7 +222,7 @@ def brief(row: dict) -> dict:
 
 
 HEAD = ["file", "audio s", "batch WER", "live finals WER", "Δ", "revised WER", "Δ", "final latency p50/p90 s",
-        "revision delay p50/p90 s", "partials/s (of speech)", "cores/stream (batch)", "final reasons"]
+        "revision delay p50/p90 s", "partials/s", "cores/stream (batch)", "final reasons"]
 
 
 def rows(res: dict) -> list[list[str]]:
@@ -248,11 +234,11 @@ def rows(res: dict) -> list[list[str]]:
         r = row.get("live") or row.get("sim") or {}
         lat = r.get("final_latency_s") or r.get("audio_lag_s") or {}
         rev = r.get("revision_delay_s") or r.get("revision_delay_audio_s") or {}
-        cores = r.get("cores")
+        cores = r.get("cores") if "cores" in r else r.get("decode_cores")
         out.append([
             name, f(row["audio_s"], 1), f(row["batch_wer"]), f(r.get("finals_wer")), f(r.get("finals_wer_minus_batch"), 3),
             f(r.get("revised_wer")), f(r.get("revised_wer_minus_batch"), 3), f"{f(lat.get('p50'), 2)}/{f(lat.get('p90'), 2)}",
-            f"{f(rev.get('p50'), 2)}/{f(rev.get('p90'), 2)}", f"{f(r.get('partials_per_s'), 2)} ({f(r.get('partials_per_speech_s'), 2)})",
+            f"{f(rev.get('p50'), 2)}/{f(rev.get('p90'), 2)}", f(r.get("partials_per_s"), 2),
             f"{f(cores, 2)} ({f(row.get('batch_cores'), 2)})", ", ".join(f"{k} {v}" for k, v in sorted((r.get("final_reasons") or {}).items())),
         ])
     return out
@@ -272,8 +258,7 @@ def markdown(res: dict) -> str:
            "(worker clock); revision delay = end of the final's speech → revision, in audio seconds; cores = the worker's "
            "CPU while running ÷ audio seconds. " if res.get("mode") == "live" else
            "Sim (quick form): the recogniser in-process with every tick taken; latency = audio behind the final when it "
-           "was emitted; cores = the process's CPU time ÷ audio seconds. ")
-        + "Partials per second of audio, and (in brackets) per second of speech (the finals' spans). "
+           "was emitted; cores = decode CPU ÷ audio seconds. ")
         + "CPU and latency on a shared, loaded machine are pessimistic; WER is the figure to trust."
     )
     return table + "\n\n" + how

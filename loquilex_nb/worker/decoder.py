@@ -2,17 +2,9 @@
 
 faster-whisper pads every decode to 30 s, so a 3 s utterance costs as much as 30 s of
 audio. CTranslate2's encoder also takes shorter windows; a window barely longer than the
-speech makes Whisper hallucinate repetitions, so the window is the speech plus 2 s of
-padding (twice the speech cost a third more CPU per final for the same WER, measured on
-the room set), the token budget follows the audio length, and a repetitive or
-truncated-looking result is decoded again in a window twice as wide.
-
-A token costs ~10-15 ms to generate here (tiny.en int8, one thread), and as much to force
-(CTranslate2 steps through a prefix token by token), against well under 1 ms in the
-previous-text prompt. The text of earlier finals under a left context is still forced as a
-`prefix`: the decode then cannot transcribe that audio differently, and `max_new` stops it
-after the words wanted instead of transcribing the right context too. Word alignment is a
-second pass over the decoder: with `lazy`, it runs only when the words are asked for.
+speech makes Whisper hallucinate repetitions, so the window is kept at about twice the
+speech, the token budget follows the audio length, and a repetitive or truncated-looking
+result is decoded again in the full 30 s window.
 """
 
 from __future__ import annotations
@@ -20,7 +12,6 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -58,21 +49,10 @@ class Hypothesis:
     no_speech_prob: float = 0.0
     window_s: int = 0
     retried: bool = False
-    prefix_words: list[Word] = field(default_factory=list)  # the forced prefix, aligned
-    align: Callable[[], tuple[list[Word], list[Word]]] | None = field(default=None, repr=False)
-
-    def timed_words(self) -> list[Word]:
-        """The generated words with times (alignment runs on the first call)."""
-        if self.align is not None:
-            (self.prefix_words, self.words), self.align = self.align(), None
-        return self.words
-
-
-WINDOW_MARGIN_S = 2.0
 
 
 def window_for(duration: float) -> int:
-    return int(min(FULL_WINDOW_S, max(MIN_WINDOW_S, math.ceil(duration + WINDOW_MARGIN_S))))
+    return int(min(FULL_WINDOW_S, max(MIN_WINDOW_S, math.ceil(2.0 * duration + 1.0))))
 
 
 def compression_ratio(text: str) -> float:
@@ -111,28 +91,15 @@ class WhisperDecoder:
         language = cfg.language if multilingual else "en"
         self.tokenizer = Tokenizer(self.model.hf_tokenizer, multilingual, task="transcribe", language=language)
 
-    def decode(
-        self,
-        audio: np.ndarray,
-        context: str = "",
-        words: bool = False,
-        *,
-        prefix: str = "",
-        max_new: int | None = None,
-        lazy: bool = False,
-    ) -> Hypothesis:
-        """Decode `audio`; `prefix` is text the audio starts with, forced, not generated and
-        not in the result. `max_new` caps the generated tokens (the audio after the words
-        wanted need not be transcribed). `lazy`: alignment waits for `timed_words()`."""
+    def decode(self, audio: np.ndarray, context: str = "", words: bool = False) -> Hypothesis:
         duration = len(audio) / SAMPLE_RATE
         if duration < 0.1:
             return Hypothesis("")
         window = window_for(duration)
-        forced = self.tokenizer.encode(" " + prefix.strip()) if prefix.strip() else []
-        hyp, tokens, enc, frames = self._decode_in(audio, context, window, forced, max_new)
+        hyp, tokens, enc, frames = self._decode_in(audio, context, window)
         if words and window < FULL_WINDOW_S and self._suspicious(hyp, tokens):
             # finals are worth a second, wider decode; partials are only trimmed below
-            hyp, tokens, enc, frames = self._decode_in(audio, context, min(FULL_WINDOW_S, 2 * window + 2), forced, max_new)
+            hyp, tokens, enc, frames = self._decode_in(audio, context, min(FULL_WINDOW_S, 2 * window + 2))
             hyp.retried = True
         cut = first_repeat(tokens)
         if cut is not None:
@@ -141,15 +108,10 @@ class WhisperDecoder:
         if self._is_silence(hyp):
             return Hypothesis("", window_s=hyp.window_s, retried=hyp.retried)
         if words and tokens:
-            def align(tokens=tokens, enc=enc, frames=frames) -> tuple[list[Word], list[Word]]:
-                return self._align(forced, tokens, enc, frames)
-
-            hyp.align = align
-            if not lazy:
-                hyp.timed_words()
+            hyp.words = self._align(tokens, enc, frames)
         return hyp
 
-    def _decode_in(self, audio: np.ndarray, context: str, window: int, forced: list[int], max_new: int | None):
+    def _decode_in(self, audio: np.ndarray, context: str, window: int):
         from faster_whisper.audio import pad_or_trim
 
         n_frames = window * 100
@@ -157,10 +119,8 @@ class WhisperDecoder:
         content_frames = min(feats.shape[-1], n_frames)
         feats = pad_or_trim(feats, n_frames)
         enc = self.model.encode(feats)
-        prompt = self._prompt(context) + forced
+        prompt = self._prompt(context)
         budget = int(len(audio) / SAMPLE_RATE * TOKENS_PER_SECOND) + TOKEN_SLACK
-        if max_new is not None:
-            budget = min(budget, max_new)
         result = self.model.model.generate(
             enc,
             [prompt],
@@ -172,12 +132,10 @@ class WhisperDecoder:
             suppress_tokens=[-1],
         )[0]
         tokens = [t for t in result.sequences_ids[0] if t < self.tokenizer.eot]
-        if tokens[: len(forced)] == forced:
-            tokens = tokens[len(forced) :]  # CTranslate2 returns the forced prefix with the new tokens
         text = self.tokenizer.decode(tokens).strip()
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1) if tokens else -10.0
         hyp = Hypothesis(text, avg_logprob=avg_logprob, no_speech_prob=result.no_speech_prob, window_s=window)
-        hyp._budget_hit = max_new is None and len(tokens) >= budget  # type: ignore[attr-defined]
+        hyp._budget_hit = len(tokens) >= budget  # type: ignore[attr-defined]
         return hyp, tokens, enc, content_frames
 
     def _prompt(self, context: str) -> list[int]:
@@ -194,23 +152,19 @@ class WhisperDecoder:
     def _is_silence(hyp: Hypothesis) -> bool:
         return not hyp.text or (hyp.no_speech_prob > 0.6 and hyp.avg_logprob < -1.0)
 
-    def _align(self, forced: list[int], tokens: list[int], enc, frames: int) -> tuple[list[Word], list[Word]]:
-        """(the forced prefix's words, the new words) with times."""
+    def _align(self, tokens: list[int], enc, frames: int) -> list[Word]:
         try:
-            aligned = self.model.find_alignment(self.tokenizer, [forced + tokens], enc, frames)[0]
+            aligned = self.model.find_alignment(self.tokenizer, [tokens], enc, frames)[0]
         except Exception:  # alignment is a nicety: the text stands without it
-            return [], []
-        out: tuple[list[Word], list[Word]] = ([], [])
-        seen = 0  # tokens of the aligned words so far: a word with a new token is new
+            return []
+        words: list[Word] = []
         for w in aligned:
-            seen += len(w.get("tokens", ()))
             text = w["word"]
-            words = out[0] if seen <= len(forced) or not out[1] and not any(ch.isalnum() for ch in text) else out[1]
             if not text.strip():
                 continue
             if words and not any(ch.isalnum() for ch in text):
-                # punctuation belongs to the word before it (forced or not), not to the next utterance
+                # punctuation belongs to the word before it, not to the next utterance
                 words[-1].word += text.strip()
                 continue
             words.append(Word(text, float(w["start"]), float(w["end"]), float(w["probability"])))
-        return out
+        return words

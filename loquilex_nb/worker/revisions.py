@@ -21,10 +21,8 @@ from .agreement import inside, join, norm, same_text, timed
 
 REVISE_RIGHT_S = 3.0  # later audio a revision waits for
 REVISE_LEFT_S = 6.0  # earlier audio it decodes with
-REVISE_BELOW = 0.75  # finals surer than this (mean word probability) are not revised
 MIN_GAIN = 0.05  # mean word probability a revision must add over the final
 QUIET_S = 1.0  # audio that must follow the latest final before a revision decode
-MORE_TOKENS = 4  # tokens a revision may generate beyond the final's own
 MAX_PENDING = 8  # a backlog beyond this is dropped, oldest first: revisions are optional
 
 
@@ -46,9 +44,7 @@ class Revisions:
 
     def add(self, utt, text: str, words) -> None:
         self.last_final = self.rec.total
-        if not self.enabled or confidence(words) >= REVISE_BELOW:
-            # a final the model was sure of is rarely changed by a revision (and then not for
-            # the better): its decode is the largest share of the CPU a revision would cost
+        if not self.enabled:
             return
         self.queue.append(Pending(utt.seg, utt.start, utt.end, text, confidence(words)))
         while len(self.queue) > MAX_PENDING:
@@ -72,14 +68,12 @@ class Revisions:
 
     def _revise(self, p: Pending) -> None:
         rec = self.rec
-        lo, prompt, known = rec.context_at(p.start, int(REVISE_LEFT_S * SAMPLE_RATE))
+        lo, prompt = rec.context_at(p.start, int(REVISE_LEFT_S * SAMPLE_RATE))
         hi = min(rec.total, p.end + int(REVISE_RIGHT_S * SAMPLE_RATE))
         if hi <= p.start:
             return
-        # the words before are forced and the words after the final not generated: the right
-        # context is heard by the encoder, and only the final's own words cost tokens
-        budget = len(rec.tokens_of(p.text)) + MORE_TOKENS
-        hyp = rec._decode_span(lo, hi, prompt, words=True, prefix=known, max_new=budget)
+
+        hyp = rec._decode_span(lo, hi, prompt, words=True)
         words = inside(timed(hyp.words, lo), p.start, p.end, slack=int(0.1 * SAMPLE_RATE))
         new = join(words)
         old_n, new_n = len(p.text.split()), len(new.split())

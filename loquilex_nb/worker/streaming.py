@@ -2,11 +2,11 @@
 
 Two schedules share one decoder:
 - live (real-time file, push, microphone): a partial every `partial_interval` of new audio
-  while the input is not backlogged and someone spoke since the last one; a final when two consecutive partials agree on words up
+  while the input is not backlogged; a final when two consecutive partials agree on words up
   to a sentence end (agreement.py), when `vad_silence` of silence ends the utterance, or
   when it reaches `max_segment`. A final decodes its utterance with up to `left_context` of
-  earlier audio (whole earlier finals, their text forced as the decoder's prefix) and keeps
-  its own words by their timestamps; the text before that audio is the prompt. Later, with audio on both sides, revisions.py may
+  earlier audio (whole earlier finals) and keeps its own words by their timestamps; the
+  text before that audio is the prompt. Later, with audio on both sides, revisions.py may
   replace a final's text (`asr.revision`).
 - batch (file as fast as possible): finished utterances are gathered up to `batch_window`
   and decoded together, which costs about what one batch transcribe does; partials are
@@ -67,8 +67,7 @@ class StreamingRecognizer:
         self.decodes = 0
         self.left = int(cfg.left_context * SAMPLE_RATE) if live else 0
         self.prev_words: list[TimedWord] = []  # the last partial's words, for agreement
-        self.prev_agreed = 0  # how many of them the partial before also had
-        self.last_final_end = 0  # end of the last final's speech: a partial's lead-in before it is cut
+        self.prev_upto = 0  # audio the last partial's decode covered
         self.revisions = Revisions(self, enabled=live and cfg.revise)
         # recent finals as (start, end, len(context) before it): left context starts at one
         self.spans: deque[tuple[int, int, int]] = deque(maxlen=64)
@@ -131,24 +130,13 @@ class StreamingRecognizer:
     def _partial(self) -> None:
         start = self.utt_start
         assert start is not None
-        voiced = self.last_voice > self.last_partial_at
         self.last_partial_at = self.total
-        if not voiced:
-            return  # nothing said since the last partial: its text stands, silence may end it
-        # no acoustic left context (the final and a revision decode the words with it). The
-        # words are aligned only when earlier speech is in the 1 s lead-in (its words are cut
-        # by their times) or when they may be committed. (Forcing the words a partial repeats
-        # as a decoder prefix saves nothing: CTranslate2 steps through a prefix token by token.)
-        lo = max(self.buf_start, start - PAD)
-        hyp = self._decode_span(lo, self.total, self.context[-self.cfg.context_chars :], words=True, lazy=True)
-        cut = lo < self.last_final_end
-        words = inside(timed(hyp.timed_words(), lo), start, slack=CUT_SLACK) if cut else _untimed(hyp, self.total)
+        # partials decode without acoustic left context: it costs a full window every 0.4 s,
+        # and a final (or revision) decodes the words again with it
+        words = self._live_words(start, self.total, left=0)
         agreed = agreed_prefix(self.prev_words, words)
+        self.prev_words, self.prev_upto = words, self.total
         long_utt = self.total - start >= AGREE_LONG_S * SAMPLE_RATE
-        if not cut and _may_commit(words, agreed, long_utt):
-            words = timed(hyp.timed_words(), lo)
-            agreed = agreed_prefix(self.prev_words, words)
-        self.prev_words, self.prev_agreed = words, agreed
         n = commit_point(words, agreed, self.total, settle=int(SETTLE_S * SAMPLE_RATE), long_utterance=long_utt)
         if n:
             # a final without silence: the speaker went on (or the background never pauses)
@@ -160,7 +148,7 @@ class StreamingRecognizer:
             self.segment_no += 1
             self.utt_start = split
             words = words[n:]
-            self.prev_words, self.prev_agreed = words, max(0, agreed - n)
+            self.prev_words = words
         text = join(words)
         if text:
             self.partial_text = text
@@ -172,9 +160,8 @@ class StreamingRecognizer:
                 t1=_sec(self.total),
             )
 
-    def context_at(self, start: int, left: int) -> tuple[int, str, str]:
-        """Where a decode of audio from `start` begins, its text prompt, and the text of the
-        audio before `start` (forced as a prefix: it is known, and generating it costs).
+    def context_at(self, start: int, left: int) -> tuple[int, str]:
+        """Where a decode of audio from `start` begins, and its text prompt.
 
         The left context is whole earlier finals that started at most `left` before (a cut
         inside a word makes Whisper stumble), and the prompt is only the text *before* that
@@ -182,20 +169,19 @@ class StreamingRecognizer:
         """
         # without left context the prompt still stops before this audio: a revision's own
         # final (and any later one) is already in self.context
-        upto = next((before for s, _, before in self.spans if s >= start), len(self.context))
-        lo, ctx_len = start - PAD, upto
+        ctx_len = next((before for s, _, before in self.spans if s >= start), len(self.context))
+        lo = start - PAD
         for s, e, before in self.spans:
             if s >= start - left and e <= start and s >= self.buf_start:
                 lo, ctx_len = min(s - int(0.1 * SAMPLE_RATE), start - PAD), before
                 break
-        known = self.context[ctx_len:upto].strip() if lo < start - PAD else ""
-        return max(self.buf_start, lo), self.context[:ctx_len][-self.cfg.context_chars :], known
+        return max(self.buf_start, lo), self.context[:ctx_len][-self.cfg.context_chars :]
 
     def _live_words(self, start: int, end: int, *, pad: int = PAD, left: int | None = None) -> list[TimedWord]:
         """Decode [start, end) with up to `left_context` of audio before it; keep its own words."""
-        lo, prompt, known = self.context_at(start, self.left if left is None else left)
+        lo, prompt = self.context_at(start, self.left if left is None else left)
         hi = min(self.total, end + pad)
-        hyp = self._decode_span(lo, hi, prompt, words=True, prefix=known, max_new=_budget(end - start))
+        hyp = self._decode_span(lo, hi, prompt, words=True)
         if not hyp.words:
             kept = [TimedWord(hyp.text, start, max(start, end))] if hyp.text and lo >= start - PAD else []
         else:
@@ -212,7 +198,7 @@ class StreamingRecognizer:
             words = self._live_words(utt.start, utt.end)
             self._final_words(utt, words, reason="silence")
             self.partial_text = ""
-            self.prev_words, self.prev_agreed = [], 0
+            self.prev_words = []
             return
         self.pending.append(utt)
 
@@ -221,7 +207,6 @@ class StreamingRecognizer:
         plain = [Word(w.word, (w.start - utt.start) / SAMPLE_RATE, (w.end - utt.start) / SAMPLE_RATE, w.probability) for w in words]
         if self._emit_final(utt, text, plain, offset=_sec(utt.start), reason=reason):
             self.revisions.add(utt, text, words)
-            self.last_final_end = max(self.last_final_end, min(utt.end, words[-1].end if words else utt.end))
         self.partial_text = ""
 
     def _forced_split(self, now: int) -> None:
@@ -236,7 +221,7 @@ class StreamingRecognizer:
             keep = [w for w in words if w.end <= cut] or words
             split = keep[-1].end if keep and keep is not words else now
             self._final_words(Utterance(start, split, self.segment_no), keep, reason="max-length")
-            self.prev_words, self.prev_agreed = [], 0
+            self.prev_words = []
         else:
             lo = self._lo(start)
             hyp = self._decode(start, now, words=True)
@@ -291,13 +276,10 @@ class StreamingRecognizer:
     def _decode(self, start: int, end: int, *, words: bool) -> Hypothesis:
         return self._decode_span(self._lo(start), min(self.total, end + PAD), self.context[-self.cfg.context_chars :], words=words)
 
-    def tokens_of(self, text: str) -> list[int]:
-        return self.decoder.tokenizer.encode(" " + text.strip())
-
-    def _decode_span(self, lo: int, hi: int, prompt: str, *, words: bool, **kw) -> Hypothesis:
+    def _decode_span(self, lo: int, hi: int, prompt: str, *, words: bool) -> Hypothesis:
         audio = self.buf[lo - self.buf_start : hi - self.buf_start]
         t = time.process_time()
-        hyp = self.decoder.decode(audio, prompt, words=words, **kw)
+        hyp = self.decoder.decode(audio, prompt, words=words)
         self.decode_cpu += time.process_time() - t
         self.decodes += 1
         return hyp
@@ -368,21 +350,6 @@ class StreamingRecognizer:
         if drop > SAMPLE_RATE:
             self.buf = self.buf[drop:]
             self.buf_start += drop
-
-
-def _budget(samples: int) -> int:
-    """Tokens an utterance of this length can need (what comes after it is not wanted)."""
-    return int(samples / SAMPLE_RATE * 6.0) + 10
-
-
-def _untimed(hyp: Hypothesis, now: int) -> list[TimedWord]:
-    """A partial's words before alignment: text only, timed at `now` (enough to compare them)."""
-    return [TimedWord(w, now, now) for w in hyp.text.split()]
-
-
-def _may_commit(words: list[TimedWord], agreed: int, long_utt: bool) -> bool:
-    """Whether commit_point could commit anything (then the words are worth aligning)."""
-    return (long_utt and agreed >= 3) or any(w.word.rstrip().endswith(SENTENCE_END) for w in words[:agreed])
 
 
 def _sec(samples: int) -> float:

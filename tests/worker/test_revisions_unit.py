@@ -104,12 +104,10 @@ def test_a_decode_prompt_never_holds_the_text_of_its_own_audio_or_later():
         assert rec._emit_final(Utterance(a * SR, b * SR, seg), text, [])
     left = 6 * SR
     # the first final: nothing was said before it
-    assert rec.context_at(1 * SR, left) == (0, "", "")
+    assert rec.context_at(1 * SR, left) == (0, "")
     # no final within `left` before it: no audio context, and only the text before it
-    assert rec.context_at(10 * SR, left) == (9 * SR, "one.", "")
-    # the final before it is its left context: the prompt is the text before that one, and
-    # that final's text (only it, not the decoded final's own) is forced as the prefix
-    assert rec.context_at(13 * SR, left) == (int(9.9 * SR), "one.", "two.")
+    assert rec.context_at(10 * SR, left) == (9 * SR, "one.")
+    # the final before it is its left context: the prompt is the text before that one
+    assert rec.context_at(13 * SR, left) == (int(9.9 * SR), "one.")
     # a new utterance after all of them: everything said is its prompt
-    assert rec.context_at(20 * SR, 0) == (19 * SR, "one. two. three.", "")
-    assert rec.context_at(20 * SR, 8 * SR) == (int(12.9 * SR), "one. two.", "three.")
+    assert rec.context_at(20 * SR, 0) == (19 * SR, "one. two. three.")
