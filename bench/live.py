@@ -49,6 +49,29 @@ def batch_text(model, path: Path) -> str:
     return " ".join(s.text.strip() for s in segments)
 
 
+def speech_seconds(path: Path) -> float:
+    """Seconds of speech in the file: the voiced spans of its clean twin (the same speech at the
+    same times; the file itself where there is none), pauses under `vad_silence` bridged."""
+    from loquilex_nb.core.audio import iter_file_chunks
+    from loquilex_nb.core.config import SAMPLE_RATE, build_asr_config
+    from loquilex_nb.worker.vad import EnergyVad
+
+    twin = path.with_name(path.stem.split("_")[0] + "_clean.wav")
+    cfg = build_asr_config({})
+    vad, pos, total = EnergyVad(cfg.vad_threshold_db), 0, 0
+    start = last = None
+    for chunk in iter_file_chunks(str(twin if twin.exists() else path), 0.1):
+        for end, speech in vad.frames(chunk, pos):
+            if speech:
+                start, last = (end if start is None else start), end
+            elif start is not None and end - last >= cfg.vad_silence * SAMPLE_RATE:
+                total, start = total + last - start, None
+        pos += len(chunk)
+    if start is not None:
+        total += last - start
+    return total / SAMPLE_RATE
+
+
 def captions_text(finals: dict[int, str], revisions: dict[int, str]) -> str:
     return " ".join(revisions.get(seg, text) for seg, text in finals.items())
 
@@ -92,6 +115,7 @@ def simulate(path: Path, decoder, cfg) -> dict:
         "final_reasons": dict(reasons),
         "audio_lag_s": summary(lags),
         "revision_delay_audio_s": summary(rev_delays),
+        "partials": partials,
         "partials_per_s": partials / dur,
         "decode_cpu_s": rec.decode_cpu,
         "decode_cores": rec.decode_cpu / dur,
@@ -149,6 +173,7 @@ def live(path: Path, tmp: Path, **options) -> dict:
         "final_reasons": dict(reasons),
         "final_latency_s": summary(latency),
         "revision_delay_s": summary(rev_delay),
+        "partials": partials,
         "partials_per_s": partials / dur,
         "cores": cores,
     }
@@ -188,7 +213,7 @@ def run(quick: bool, sim: bool, sets: list[str], log=print, only: list[str] | No
             t = time.process_time()
             b = wer(reference_for(path), batch_text(model, path))
             batch_cpu = time.process_time() - t
-            row = {"audio_s": audio_seconds(path), "batch_wer": b, "batch_cores": batch_cpu / audio_seconds(path)}
+            row = {"audio_s": audio_seconds(path), "speech_s": speech_seconds(path), "batch_wer": b, "batch_cores": batch_cpu / audio_seconds(path)}
             if sim or quick:
                 row["sim"] = simulate(path, decoder, cfg)
                 row["sim"]["finals_wer_minus_batch"] = row["sim"]["finals_wer"] - b
@@ -197,6 +222,9 @@ def run(quick: bool, sim: bool, sets: list[str], log=print, only: list[str] | No
                 row["live"] = live(path, tmp)
                 row["live"]["finals_wer_minus_batch"] = row["live"]["finals_wer"] - b
                 row["live"]["revised_wer_minus_batch"] = row["live"]["revised_wer"] - b
+            for mode in ("sim", "live"):
+                if mode in row:
+                    row[mode]["partials_per_speech_s"] = row[mode]["partials"] / row["speech_s"]
             rows[path.stem] = row
             log(f"  {path.stem}: {json.dumps(brief(row))}")
     finally:
@@ -213,7 +241,7 @@ def brief(row: dict) -> dict:
                 "finals": round(r["finals_wer"], 3),
                 "revised": round(r["revised_wer"], 3),
                 "lat_p50": (r.get("final_latency_s") or r.get("audio_lag_s") or {}).get("p50"),
-                "pps": round(r["partials_per_s"], 2),
+                "pps_speech": round(r["partials_per_speech_s"], 2),
                 "cores": round(r.get("cores") or r.get("decode_cores") or 0, 3),
                 "reasons": r["final_reasons"],
                 "revs": r["revisions"],
@@ -222,7 +250,7 @@ def brief(row: dict) -> dict:
 
 
 HEAD = ["file", "audio s", "batch WER", "live finals WER", "Δ", "revised WER", "Δ", "final latency p50/p90 s",
-        "revision delay p50/p90 s", "partials/s", "cores/stream (batch)", "final reasons"]
+        "revision delay p50/p90 s", "partials/s of speech", "cores/stream (batch)", "final reasons"]
 
 
 def rows(res: dict) -> list[list[str]]:
@@ -238,7 +266,7 @@ def rows(res: dict) -> list[list[str]]:
         out.append([
             name, f(row["audio_s"], 1), f(row["batch_wer"]), f(r.get("finals_wer")), f(r.get("finals_wer_minus_batch"), 3),
             f(r.get("revised_wer")), f(r.get("revised_wer_minus_batch"), 3), f"{f(lat.get('p50'), 2)}/{f(lat.get('p90'), 2)}",
-            f"{f(rev.get('p50'), 2)}/{f(rev.get('p90'), 2)}", f(r.get("partials_per_s"), 2),
+            f"{f(rev.get('p50'), 2)}/{f(rev.get('p90'), 2)}", f(r.get("partials_per_speech_s"), 2),
             f"{f(cores, 2)} ({f(row.get('batch_cores'), 2)})", ", ".join(f"{k} {v}" for k, v in sorted((r.get("final_reasons") or {}).items())),
         ])
     return out
@@ -253,7 +281,8 @@ def markdown(res: dict) -> str:
         "sentences never rephrased for the model (the honest set), `tuned_*` the project's own sentences rephrased until "
         "tiny.en got them right in batch; five voices/rates in turn; `noise17`/`noise8` pink noise 17/8 dB below the "
         "speech, `reverb` sox reverb, `babble8` reversed speech that never pauses 8 dB below, `music10` sox-plucked chords "
-        "10 dB below; `long_multivoice` ≥ 3 min. Batch: one `WhisperModel.transcribe` of the file in this run. "
+        "10 dB below; `long_multivoice` ≥ 3 min. Seconds of speech: the voiced spans of the clean twin (energy detector, "
+        "pauses under `vad_silence` bridged). Batch: one `WhisperModel.transcribe` of the file in this run. "
         + ("Live: a real session, the file paced to the clock; latency = arrival of a final's last audio → the final "
            "(worker clock); revision delay = end of the final's speech → revision, in audio seconds; cores = the worker's "
            "CPU while running ÷ audio seconds. " if res.get("mode") == "live" else

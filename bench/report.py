@@ -576,7 +576,7 @@ def render_markdown(r: dict) -> str:
             "each `asr.final`: the arrival of the utterance's last audio → the event emitted; it includes the `vad_silence` "
             "wait (0.45 s) and the final decode. **at the handle** adds the pipe delay to the handle in this process "
             "(end of utterance → event at the client). **between partials**: wall-clock time between consecutive "
-            "`asr.partial` events of one utterance as the handle received them (the schedule asks for one per 0.4 s of new "
+            "`asr.partial` events of one utterance as the handle received them (the schedule asks for one per `partial_interval`, 0.45 s, of new "
             "audio, skipped while the decoder is behind). **cores used** = worker CPU between `running` and `finished` ÷ audio seconds.",
             "### Through the server: end to end",
             _table_md(LATENCY_HEAD, latency_rows(lat)) if _ok(lat) else _failed(lat),

@@ -50,13 +50,13 @@ class AsrConfig:
     compute_type: str = "int8"
     cpu_threads: int = 1
     beam_size: int = 1
-    partial_interval: float = 0.4
+    partial_interval: float = 0.45
     vad_silence: float = 0.45
     vad_threshold_db: float = -45.0
     max_segment: float = 8.0
     batch_window: float = 24.0
     context_chars: int = 200
-    left_context: float = 8.0
+    left_context: float = 6.0
     revise: bool = True
 
     def validate(self) -> None:

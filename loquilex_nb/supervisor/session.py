@@ -80,6 +80,10 @@ class Session(EventLogView):
         env["LOQUILEX_PARENT_PID"] = str(os.getpid())
         env["HF_HUB_OFFLINE"] = "1"
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # numpy's OpenBLAS starts a thread per core that spin-waits between the worker's small
+        # matrix products (the mel filterbank): it doubled a decode's CPU for no gain in time.
+        # CTranslate2 has its own thread count (`cpu_threads`).
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")
         tunables = env.get("GLIBC_TUNABLES", "")
         if "glibc.malloc.hugetlb" not in tunables:
             # most of an idle worker's stop is the kernel freeing its ~100 MB of malloc'd memory

@@ -23,6 +23,7 @@ TOKENS_PER_SECOND = 6.0
 TOKEN_SLACK = 10
 MAX_COMPRESSION_RATIO = 2.4
 MAX_PROMPT_TOKENS = 96
+TS_MIN_S = 10.0  # a decode this long uses timestamp tokens: long-form is how Whisper was trained, and it does better so
 
 
 @dataclass
@@ -119,7 +120,7 @@ class WhisperDecoder:
         content_frames = min(feats.shape[-1], n_frames)
         feats = pad_or_trim(feats, n_frames)
         enc = self.model.encode(feats)
-        prompt = self._prompt(context)
+        prompt = self._prompt(context, timestamps=len(audio) / SAMPLE_RATE >= TS_MIN_S)
         budget = int(len(audio) / SAMPLE_RATE * TOKENS_PER_SECOND) + TOKEN_SLACK
         result = self.model.model.generate(
             enc,
@@ -138,9 +139,9 @@ class WhisperDecoder:
         hyp._budget_hit = len(tokens) >= budget  # type: ignore[attr-defined]
         return hyp, tokens, enc, content_frames
 
-    def _prompt(self, context: str) -> list[int]:
+    def _prompt(self, context: str, timestamps: bool = False) -> list[int]:
         previous = self.tokenizer.encode(" " + context.strip())[-MAX_PROMPT_TOKENS:] if context.strip() else []
-        return self.model.get_prompt(self.tokenizer, previous, without_timestamps=True)
+        return self.model.get_prompt(self.tokenizer, previous, without_timestamps=not timestamps)
 
     @staticmethod
     def _suspicious(hyp: Hypothesis, tokens: list[int]) -> bool:

@@ -1,14 +1,19 @@
-"""Self-correcting captions: re-decode recent finals once later audio exists.
+"""Self-correcting captions: re-decode recent finals in blocks once later audio exists.
 
-A final is emitted as soon as its utterance ends, from the audio up to that point. A few
-seconds later the same words can be decoded with audio on both sides (left and right
-context), which is what batch decoding gets for free. Where that changes the text, one
-`asr.revision` event replaces the final's text (same segment id and times). Each final is
-revised at most once, at the earliest `REVISE_RIGHT_S` of audio after its end and
-`QUIET_S` after the newest final, so a revision comes at most that plus one decode (and any
-backlog, and the next utterance's final) after the final's speech
-ends, or never; finals still waiting when the stream ends stay as they are (a stop must not
-wait for extra decodes).
+A final is emitted as soon as its utterance ends, from the decode of that utterance alone.
+Later the same words can be decoded with audio on both sides, which is what batch decoding
+gets for free. Finals are revised in blocks: once the oldest unrevised final has
+`REVISE_RIGHT_S` of audio after it and `GATHER_S` more has passed, one decode covers up to
+`left_context` of audio before it (whole earlier finals), every final that by then has
+`REVISE_RIGHT_S` after it, and that right context. One long decode costs far less than one
+per final (the encoder and the left context are shared), and a long window is where Whisper
+does best. Where a final's words change and the decoder is at least as sure of them, one
+`asr.revision` event replaces its text (same segment id and times).
+
+The bound: a final is revised, or left as it is, at most `REVISE_RIGHT_S + GATHER_S` of
+audio after its speech ends, plus one decode (and any backlog; a revision also waits
+`QUIET_S` after the newest final). Finals still waiting when the stream ends stay as they
+are: a stop must not wait for extra decodes.
 """
 
 from __future__ import annotations
@@ -17,13 +22,15 @@ from collections import deque
 from dataclasses import dataclass
 
 from ..core.config import SAMPLE_RATE
-from .agreement import inside, join, norm, same_text, timed
+from .agreement import TimedWord, inside, join, norm, same_text, timed
 
-REVISE_RIGHT_S = 3.0  # later audio a revision waits for
-REVISE_LEFT_S = 6.0  # earlier audio it decodes with
-MIN_GAIN = 0.05  # mean word probability a revision must add over the final
+REVISE_RIGHT_S = 3.0  # later audio a final's revision decodes with
+GATHER_S = 10.0  # audio a block waits for past that, so that one decode covers several finals
+MAX_BLOCK_S = 26.0  # a block's whole window (left context, finals, right context) stays below 30 s
+MIN_GAIN = 0.0  # mean word probability a revision must add over the final
 QUIET_S = 1.0  # audio that must follow the latest final before a revision decode
-MAX_PENDING = 8  # a backlog beyond this is dropped, oldest first: revisions are optional
+MAX_PENDING = 16  # a backlog beyond this is dropped, oldest first: revisions are optional
+SLACK = int(0.1 * SAMPLE_RATE)
 
 
 @dataclass
@@ -36,11 +43,13 @@ class Pending:
 
 
 class Revisions:
-    def __init__(self, rec, *, enabled: bool) -> None:
+    def __init__(self, rec, *, enabled: bool, left: float) -> None:
         self.rec = rec
         self.enabled = enabled
+        self.left = int(left * SAMPLE_RATE)
         self.queue: deque[Pending] = deque()
         self.last_final = 0  # stream position (samples) when the last final was emitted
+        self.blocks = 0
 
     def add(self, utt, text: str, words) -> None:
         self.last_final = self.rec.total
@@ -54,46 +63,72 @@ class Revisions:
         """The oldest sample a pending revision will decode."""
         if not self.queue:
             return self.rec.total
-        return self.queue[0].start - int(REVISE_LEFT_S * SAMPLE_RATE)
+        return self.queue[0].start - self.left
+
+    def due(self, now: int) -> bool:
+        if not self.queue or now - self.queue[0].end < (REVISE_RIGHT_S + GATHER_S) * SAMPLE_RATE:
+            return False
+        # a client that stops right after a final must not find us in an extra decode: the
+        # stop ladder's grace would run out and the worker be killed
+        return now - self.last_final >= QUIET_S * SAMPLE_RATE
 
     def run_one(self, now: int) -> bool:
-        if not self.queue or now - self.queue[0].end < REVISE_RIGHT_S * SAMPLE_RATE:
+        if not self.due(now):
             return False
-        if now - self.last_final < QUIET_S * SAMPLE_RATE:
-            # a client that stops right after a final must not find us in an extra decode:
-            # the stop ladder's grace would run out and the worker be killed
-            return False
-        self._revise(self.queue.popleft())
+        right = int(REVISE_RIGHT_S * SAMPLE_RATE)
+        first = self.queue[0]
+        lo, prompt = self.rec.context_at(first.start, self.left)
+        block: list[Pending] = []
+        for p in self.queue:
+            if now - p.end < right or p.end + right - lo > MAX_BLOCK_S * SAMPLE_RATE:
+                break
+            block.append(p)
+        if not block:  # one final longer than a block: revised alone, without left context
+            lo, prompt = self.rec.context_at(first.start, 0)
+            block = [first]
+        for _ in block:
+            self.queue.popleft()
+        hi = min(now, block[-1].end + right)
+        hyp = self.rec._decode_span(lo, hi, prompt, words=True)
+        self.blocks += 1
+        groups = assign(timed(hyp.words, lo), block)
+        for p, words in zip(block, groups):
+            self._revise(p, words, now)
         return True
 
-    def _revise(self, p: Pending) -> None:
-        rec = self.rec
-        lo, prompt = rec.context_at(p.start, int(REVISE_LEFT_S * SAMPLE_RATE))
-        hi = min(rec.total, p.end + int(REVISE_RIGHT_S * SAMPLE_RATE))
-        if hi <= p.start:
-            return
-
-        hyp = rec._decode_span(lo, hi, prompt, words=True)
-        words = inside(timed(hyp.words, lo), p.start, p.end, slack=int(0.1 * SAMPLE_RATE))
+    def _revise(self, p: Pending, words: list[TimedWord], now: int) -> None:
         new = join(words)
         old_n, new_n = len(p.text.split()), len(new.split())
         # a revision only improves: an empty or wildly different decode is a glitch, not a fix
-        if not new or same_text(new, p.text) or not (0.5 <= new_n / max(1, old_n) <= 2.0):
+        # (a short final may grow by a few words: speech the detector cut off around it)
+        if not new or same_text(new, p.text) or not (old_n / 2 - 1 <= new_n <= 2 * old_n + 3):
             return
         # tiny models change words at random between decodes: only a decode the model itself
-        # is surer of replaces what the user already read
+        # is at least as sure of replaces what the user already read
         if confidence(words) < p.confidence + MIN_GAIN:
             return
         if not any(norm(w) for w in new.split()):
             return
-        rec.emit(
+        self.rec.emit(
             "asr.revision",
             segment_id=p.seg,
             text=new,
             t0=round(p.start / SAMPLE_RATE, 3),
             t1=round(p.end / SAMPLE_RATE, 3),
-            data={"old_text": p.text, "delay_s": round((rec.total - p.end) / SAMPLE_RATE, 3)},
+            data={"old_text": p.text, "delay_s": round((now - p.end) / SAMPLE_RATE, 3)},
         )
+
+
+def assign(words: list[TimedWord], block: list[Pending]) -> list[list[TimedWord]]:
+    """Each final's words from a decode of the whole block: those inside its span, and those
+    between two finals to the nearer one (in noise the detector splits an utterance where a
+    quiet word was, and that word belongs to a neighbour, not to nobody)."""
+    out: list[list[TimedWord]] = [[] for _ in block]
+    for w in inside(words, block[0].start, block[-1].end, slack=SLACK):
+        mid = (w.start + w.end) // 2
+        i = min(range(len(block)), key=lambda k: 0 if block[k].start <= mid <= block[k].end else min(abs(mid - block[k].start), abs(mid - block[k].end)))
+        out[i].append(w)
+    return out
 
 
 def confidence(words) -> float:

@@ -4,10 +4,11 @@ Two schedules share one decoder:
 - live (real-time file, push, microphone): a partial every `partial_interval` of new audio
   while the input is not backlogged; a final when two consecutive partials agree on words up
   to a sentence end (agreement.py), when `vad_silence` of silence ends the utterance, or
-  when it reaches `max_segment`. A final decodes its utterance with up to `left_context` of
-  earlier audio (whole earlier finals) and keeps its own words by their timestamps; the
-  text before that audio is the prompt. Later, with audio on both sides, revisions.py may
-  replace a final's text (`asr.revision`).
+  when it reaches `max_segment`. A final is the utterance decoded alone, with the text
+  before it as the prompt; at a silence the last partial is that decode already when it
+  covered the utterance's end, so the final costs nothing and comes at once. Later, with
+  `left_context` of audio before and a few seconds after, revisions.py re-decodes recent
+  finals in blocks and may replace a final's text (`asr.revision`).
 - batch (file as fast as possible): finished utterances are gathered up to `batch_window`
   and decoded together, which costs about what one batch transcribe does; partials are
   replayed from the word timings at no extra decode.
@@ -32,6 +33,7 @@ PAD = int(1.0 * SAMPLE_RATE)  # audio around an utterance: edges are not cut, an
 FORCED_TAIL = 1.0  # seconds left undecided at a forced split (a word may be cut there)
 END_SLACK = 0.1  # seconds a word may end after the detector's last voiced frame
 CUT_SLACK = int(0.1 * SAMPLE_RATE)  # a word whose middle is this close before the utterance is its own
+REUSE_SLACK = int(0.05 * SAMPLE_RATE)  # audio past the last voiced frame a reused partial must cover
 SETTLE_S = 0.6  # an agreed sentence end with nothing said after it for this long is final
 AGREE_LONG_S = 5.0  # past this, agreed words are committed even without a sentence end
 
@@ -65,10 +67,9 @@ class StreamingRecognizer:
         self.arrivals: deque[tuple[int, float]] = deque(maxlen=512)  # (end sample, monotonic)
         self.decode_cpu = 0.0
         self.decodes = 0
-        self.left = int(cfg.left_context * SAMPLE_RATE) if live else 0
         self.prev_words: list[TimedWord] = []  # the last partial's words, for agreement
         self.prev_upto = 0  # audio the last partial's decode covered
-        self.revisions = Revisions(self, enabled=live and cfg.revise)
+        self.revisions = Revisions(self, enabled=live and cfg.revise, left=cfg.left_context)
         # recent finals as (start, end, len(context) before it): left context starts at one
         self.spans: deque[tuple[int, int, int]] = deque(maxlen=64)
 
@@ -130,10 +131,15 @@ class StreamingRecognizer:
     def _partial(self) -> None:
         start = self.utt_start
         assert start is not None
-        self.last_partial_at = self.total
-        # partials decode without acoustic left context: it costs a full window every 0.4 s,
-        # and a final (or revision) decodes the words again with it
-        words = self._live_words(start, self.total, left=0)
+        # the cadence is kept on the audio clock: audio comes in chunks (0.1 s from a file), and
+        # counting from the chunk that made a partial due would stretch every interval to the
+        # next chunk; after a backlog it restarts from now
+        step = int(self.cfg.partial_interval * SAMPLE_RATE)
+        due = self.last_partial_at + step
+        self.last_partial_at = due if self.total - due < step else self.total
+        # without acoustic left context: it would cost a longer window every partial, and the
+        # revision decodes these words again with it
+        words = self._live_words(start, self.total)
         agreed = agreed_prefix(self.prev_words, words)
         self.prev_words, self.prev_upto = words, self.total
         long_utt = self.total - start >= AGREE_LONG_S * SAMPLE_RATE
@@ -177,30 +183,32 @@ class StreamingRecognizer:
                 break
         return max(self.buf_start, lo), self.context[:ctx_len][-self.cfg.context_chars :]
 
-    def _live_words(self, start: int, end: int, *, pad: int = PAD, left: int | None = None) -> list[TimedWord]:
-        """Decode [start, end) with up to `left_context` of audio before it; keep its own words."""
-        lo, prompt = self.context_at(start, self.left if left is None else left)
-        hi = min(self.total, end + pad)
-        hyp = self._decode_span(lo, hi, prompt, words=True)
+    def _live_words(self, start: int, end: int, *, pad: int = PAD) -> list[TimedWord]:
+        """Decode [start, end) alone (a lead-in of PAD before it); keep its own words."""
+        lo, prompt = self.context_at(start, 0)
+        hyp = self._decode_span(lo, min(self.total, end + pad), prompt, words=True)
         if not hyp.words:
-            kept = [TimedWord(hyp.text, start, max(start, end))] if hyp.text and lo >= start - PAD else []
-        else:
-            kept = inside(timed(hyp.words, lo), start, slack=CUT_SLACK)
-        if not kept and lo < start - PAD:
-            # the context swallowed the utterance: a repeat of the sentence before it ("yes.
-            # yes.") is trimmed as a decoder loop. Without context it stands alone.
-            return self._live_words(start, end, pad=pad, left=0)
-        return kept
+            return [TimedWord(hyp.text, start, max(start, end))] if hyp.text else []
+        return inside(timed(hyp.words, lo), start, slack=CUT_SLACK)
 
     def _utterance_done(self, utt: Utterance) -> None:
         self.utt_start = None
         if self.live:
-            words = self._live_words(utt.start, utt.end)
+            words = self._last_partial_words(utt)
+            if words is None:
+                words = self._live_words(utt.start, utt.end)
             self._final_words(utt, words, reason="silence")
             self.partial_text = ""
             self.prev_words = []
             return
         self.pending.append(utt)
+
+    def _last_partial_words(self, utt: Utterance) -> list[TimedWord] | None:
+        """The last partial's words when its decode already covered the utterance to its end
+        (and a little past it: a last word may trail the detector's last voiced frame)."""
+        if not self.prev_words or self.prev_upto < utt.end + REUSE_SLACK:
+            return None
+        return [w for w in self.prev_words if w.start < utt.end + REUSE_SLACK]
 
     def _final_words(self, utt: Utterance, words: list[TimedWord], *, reason: str) -> None:
         text = join(words)
@@ -340,9 +348,9 @@ class StreamingRecognizer:
 
     def _trim(self) -> None:
         """Keep only audio that a future decode can still need."""
-        keep_from = self.total - max(PAD, self.left)
+        keep_from = self.total - PAD
         if self.utt_start is not None:
-            keep_from = min(keep_from, self.utt_start - max(PAD, self.left))
+            keep_from = min(keep_from, self.utt_start - PAD)
         if self.pending:
             keep_from = min(keep_from, self.pending[0].start - PAD)
         keep_from = min(keep_from, self.revisions.needs_from())

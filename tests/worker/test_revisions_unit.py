@@ -111,3 +111,92 @@ def test_a_decode_prompt_never_holds_the_text_of_its_own_audio_or_later():
     assert rec.context_at(13 * SR, left) == (int(9.9 * SR), "one.")
     # a new utterance after all of them: everything said is its prompt
     assert rec.context_at(20 * SR, 0) == (19 * SR, "one. two. three.")
+
+
+class Transcript:
+    """A stand-in for the recogniser around Revisions: a decode of [lo, hi) returns the words
+    of a fixed transcript that lie in it, with the given probability (the decoder is not what
+    these tests are about: which finals a block holds, when, and which words each gets)."""
+
+    def __init__(self, spec, p=0.9):
+        self.words = [dataclasses.replace(w, probability=p) for w in words(spec)]
+        self.total = 0
+        self.decodes = []
+        self.events = []
+
+    def context_at(self, start, left):
+        return max(0, start - left), ""
+
+    def _decode_span(self, lo, hi, prompt, *, words):
+        from loquilex_nb.worker.decoder import Hypothesis, Word
+
+        self.decodes.append((lo / SR, hi / SR))
+        got = [w for w in self.words if lo <= w.start and w.end <= hi]
+        return Hypothesis(" ".join(w.word for w in got), [Word(w.word, (w.start - lo) / SR, (w.end - lo) / SR, w.probability) for w in got])
+
+    def emit(self, type_, **fields):
+        self.events.append((type_, fields))
+
+
+def add_final(rev, rec, seg, a, b, text, p=0.5):
+    from loquilex_nb.worker.streaming import Utterance
+
+    ws = [dataclasses.replace(w, probability=p) for w in words(" ".join(f"{t}:{a}-{b}" for t in text.split()))]
+    rec.total = int(b * SR) + SR // 2
+    rev.add(Utterance(int(a * SR), int(b * SR), seg), text, ws)
+
+
+def test_assign_gives_words_between_finals_to_the_nearer_and_drops_the_context():
+    from loquilex_nb.worker.revisions import Pending, assign
+
+    block = [Pending(1, 2 * SR, 4 * SR, "x", 0.5), Pending(2, 6 * SR, 8 * SR, "y", 0.5)]
+    ws = words("left:0.5-1.5 a:2.1-3 b:3-3.9 gap1:4.2-4.6 gap2:5.4-5.8 c:6.1-7.9 right:8.5-9")
+    got = assign(ws, block)
+    assert [join(g) for g in got] == ["a b gap1", "gap2 c"]
+
+
+def test_a_block_revises_several_finals_in_one_decode_once_they_have_right_context():
+    from loquilex_nb.worker.revisions import GATHER_S, REVISE_RIGHT_S, Revisions
+
+    rec = Transcript("the:1.0-1.3 sun:1.3-1.6 rose.:1.6-2.0 a:3.0-3.2 rod:3.2-3.6 is:3.6-3.8 "
+                     "used.:3.8-4.2 help:12.0-12.5 her.:12.5-13.0")
+    rev = Revisions(rec, enabled=True, left=6.0)
+    add_final(rev, rec, 1, 1.0, 2.0, "the son rose.")
+    add_final(rev, rec, 2, 3.0, 4.2, "a rod is used.")  # the same words: nothing to revise
+    add_final(rev, rec, 3, 12.0, 13.0, "help her")
+    # not due before the first final has REVISE_RIGHT_S + GATHER_S of audio after it
+    assert not rev.run_one(int((2.0 + REVISE_RIGHT_S + GATHER_S) * SR) - 1)
+    now = int((2.0 + REVISE_RIGHT_S + GATHER_S) * SR)
+    assert rev.run_one(now)
+    # one decode for the first two finals (left context, both, 3 s after the second); the
+    # third has no right context yet and waits
+    assert rec.decodes == [(0.0, 4.2 + REVISE_RIGHT_S)]
+    assert [(t, f["segment_id"], f["text"], f["data"]["old_text"]) for t, f in rec.events] == [
+        ("asr.revision", 1, "the sun rose.", "the son rose.")]
+    assert [p.seg for p in rev.queue] == [3]
+    assert not rev.run_one(now + SR)  # nothing more is due
+
+
+def test_a_revision_only_replaces_a_final_the_model_is_at_least_as_sure_of():
+    from loquilex_nb.worker.revisions import GATHER_S, REVISE_RIGHT_S, Revisions
+
+    rec = Transcript("the:1.0-1.3 sun:1.3-1.6 rose.:1.6-2.0", p=0.4)
+    rev = Revisions(rec, enabled=True, left=6.0)
+    add_final(rev, rec, 1, 1.0, 2.0, "the son rose.", p=0.6)
+    assert rev.run_one(int((2.0 + REVISE_RIGHT_S + GATHER_S) * SR))
+    assert rec.decodes and rec.events == [] and not rev.queue
+
+
+def test_no_revision_decode_right_after_a_final_nor_after_the_stream_ends():
+    """A stop that follows a final must not find the worker in a block decode."""
+    from loquilex_nb.worker.revisions import GATHER_S, QUIET_S, REVISE_RIGHT_S, Revisions
+
+    due = 2.0 + REVISE_RIGHT_S + GATHER_S
+    rec = Transcript(f"the:1.0-1.3 sun:1.3-1.6 rose.:1.6-2.0 a:{due - 0.5}-{due}")
+    rev = Revisions(rec, enabled=True, left=6.0)
+    add_final(rev, rec, 1, 1.0, 2.0, "the son rose.")
+    add_final(rev, rec, 2, due - 0.5, due, "a")  # a final just now (the stream is at due + 0.5 s)
+    assert not rev.run_one(rec.total)
+    assert not rec.decodes
+    assert rev.run_one(rec.total + int(QUIET_S * SR))
+    assert rec.decodes
