@@ -71,6 +71,16 @@ def inside(words: list[TimedWord], lo: int, hi: int | None = None, slack: int = 
     return [w for w in words if w.end > lo + slack and (hi is None or w.start < hi - slack)]
 
 
+def nearest(spans: list[tuple[int, int]], sample: int) -> int:
+    """Index of the span (start, end) that holds `sample`, else of the one nearest to it."""
+
+    def distance(span: tuple[int, int]) -> int:
+        start, end = span
+        return 0 if start <= sample <= end else min(abs(sample - start), abs(sample - end))
+
+    return min(range(len(spans)), key=lambda i: distance(spans[i]))
+
+
 def join(words: list[TimedWord]) -> str:
     return " ".join(w.word.strip() for w in words).strip()
 

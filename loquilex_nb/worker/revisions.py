@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ..core.config import SAMPLE_RATE
-from .agreement import TimedWord, inside, join, norm, same_text, timed
+from .agreement import TimedWord, inside, join, nearest, norm, same_text, timed
 
 REVISE_RIGHT_S = 3.0  # later audio a final's revision decodes with
 GATHER_S = 10.0  # audio a block waits for past that, so that one decode covers several finals
@@ -49,7 +49,6 @@ class Revisions:
         self.left = int(left * SAMPLE_RATE)
         self.queue: deque[Pending] = deque()
         self.last_final = 0  # stream position (samples) when the last final was emitted
-        self.blocks = 0
 
     def add(self, utt, text: str, words) -> None:
         self.last_final = self.rec.total
@@ -90,7 +89,6 @@ class Revisions:
             self.queue.popleft()
         hi = min(now, block[-1].end + right)
         hyp = self.rec._decode_span(lo, hi, prompt, words=True)
-        self.blocks += 1
         groups = assign(timed(hyp.words, lo), block)
         for p, words in zip(block, groups):
             self._revise(p, words, now)
@@ -125,9 +123,7 @@ def assign(words: list[TimedWord], block: list[Pending]) -> list[list[TimedWord]
     quiet word was, and that word belongs to a neighbour, not to nobody)."""
     out: list[list[TimedWord]] = [[] for _ in block]
     for w in inside(words, block[0].start, block[-1].end, slack=SLACK):
-        mid = (w.start + w.end) // 2
-        i = min(range(len(block)), key=lambda k: 0 if block[k].start <= mid <= block[k].end else min(abs(mid - block[k].start), abs(mid - block[k].end)))
-        out[i].append(w)
+        out[nearest([(p.start, p.end) for p in block], (w.start + w.end) // 2)].append(w)
     return out
 
 

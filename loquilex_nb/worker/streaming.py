@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ..core.config import SAMPLE_RATE, AsrConfig
-from .agreement import SENTENCE_END, TimedWord, agreed_prefix, commit_point, inside, join, timed
+from .agreement import SENTENCE_END, TimedWord, agreed_prefix, commit_point, inside, join, nearest, timed
 from .decoder import Hypothesis, Word
 from .revisions import Revisions
 from .vad import EnergyVad
@@ -258,7 +258,7 @@ class StreamingRecognizer:
         groups: list[list[Word]] = [[] for _ in utts]
         for w in hyp.words:
             mid = lo + int((w.start + w.end) / 2 * SAMPLE_RATE)
-            groups[min(range(len(utts)), key=lambda i: _distance(utts[i], mid))].append(w)
+            groups[nearest([(u.start, u.end) for u in utts], mid)].append(w)
         for utt, words in zip(utts, groups):
             if not words:
                 continue
@@ -362,9 +362,3 @@ class StreamingRecognizer:
 
 def _sec(samples: int) -> float:
     return round(samples / SAMPLE_RATE, 3)
-
-
-def _distance(utt: Utterance, sample: int) -> int:
-    if utt.start <= sample <= utt.end:
-        return 0
-    return min(abs(sample - utt.start), abs(sample - utt.end))
