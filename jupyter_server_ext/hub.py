@@ -213,6 +213,7 @@ class Channel:
         self.connections: set[Connection] = set()
         self.writers: set[Connection] = set()  # connections that sent audio (push sessions)
         self.pins: dict[str, tuple[int, float]] = {}  # token -> (seq, expires at)
+        self.last_heard = 0.0  # the last message of a client that has since gone
         self._unsubscribe = session.subscribe(self._on_event)
 
     def _on_event(self, ev: Event) -> None:
@@ -255,7 +256,12 @@ class Channel:
         self.writers.add(conn)
         return True
 
+    def heard_at(self, now: float) -> float:
+        """When a client of this session was last heard (now for one held by backpressure)."""
+        return max([self.last_heard, *(now if c.held else c.last_recv for c in self.connections if not c.closed)])
+
     def detach(self, conn: Connection, clean: bool) -> None:
+        self.last_heard = max(self.last_heard, conn.last_recv)
         self.connections.discard(conn)
         self.writers.discard(conn)
         if not clean:

@@ -89,12 +89,9 @@ class BrowserLeases:
             self._task = asyncio.create_task(self._watch(), name="loquilex-browser-leases")
         return session
 
-    def _heard(self, sid: str, now: float) -> bool:
-        """True while a client of the session is connected and was heard within the lease."""
+    def _connected(self, sid: str) -> bool:
         channel = self.manager.hub.channels.get(sid)
-        if channel is None:
-            return False
-        return any(not c.closed and now - c.last_recv < self.lease for c in channel.connections)
+        return channel is not None and any(not c.closed for c in channel.connections)
 
     def check(self, now: float | None = None) -> list[str]:
         """One pass: stop leased sessions nobody has been heard from; returns their ids."""
@@ -106,9 +103,11 @@ class BrowserLeases:
                 if self.manager.get(sid) is None:
                     self.leases.pop(sid, None)  # forgotten by the server: nothing left to show
                 continue
-            if self._heard(sid, now):
-                lease.last_heard = now
-                continue
+            # the lease runs from the last message heard, not from the check that saw it: a
+            # client gone just after its last frame gets the whole lease, and no more
+            channel = self.manager.hub.channels.get(sid)
+            if channel is not None:
+                lease.last_heard = max(lease.last_heard, channel.heard_at(now))
             if not lease.expired and now - lease.last_heard >= self.lease:
                 lease.expired = True
                 expired.append(sid)
@@ -136,7 +135,7 @@ class BrowserLeases:
         now = time.monotonic()
         return {
             "lease": self.lease,
-            "sessions": [lease.as_dict(now, self.lease, self._heard(sid, now)) for sid, lease in self.leases.items()],
+            "sessions": [lease.as_dict(now, self.lease, self._connected(sid)) for sid, lease in self.leases.items()],
         }
 
     async def aclose(self) -> None:
