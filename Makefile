@@ -41,8 +41,11 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium is missing and we are not root: the browser test will be skipped (a failure in CI)"; fi; }
 
+# Two pytest-xdist workers, a whole file to one worker (nbval's notebooks run in order, and a
+# module's servers stay its own); each worker runs the leak checker on its tests and sweeps its
+# own children at its end.
 test: install browser labext-check lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadfile
 
 # Lint (ruff) the whole tree and type-check (mypy) the layers every process shares:
 # core, supervisor and the server extension (their list is in pyproject.toml).

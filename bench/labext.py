@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from measure import REPO, summary
+from measure import REPO, summary, wer
 
 from loquilex_nb.testing.browser import CHROMIUM, fake_mic_wav, jupyter_lab, launch_chromium, open_sidebar, wait_for
+from loquilex_nb.worker.revisions import GATHER_S, QUIET_S, REVISE_RIGHT_S
 
 SPEECH = REPO / "tests" / "fixtures" / "speech.wav"
 LEAD_S = 0.75
@@ -47,6 +48,13 @@ def bench_labext(log: Callable[[str], None], wav_src: Path = SPEECH) -> dict[str
                     text: li.querySelector('.lx-text').textContent}}))""")
                 elapsed = time.monotonic() - t0
                 lease = lab.api("GET", "loquilex/api/browser-sessions")["sessions"][0]
+                # the captions as revisions leave them: every final is revised or left within
+                # the revision bound of audio after its end (the mic goes on sending silence)
+                last_t1 = max((f["t1"] for f in finals), default=0.0)
+                window = REVISE_RIGHT_S + GATHER_S + QUIET_S + 3.0
+                wait_for(lambda: time.monotonic() - t0 > last_t1 + window, last_t1 + window + 5, "the revision window")
+                captions = page.evaluate(f"[...document.querySelectorAll('{panel} li.lx-final .lx-text')].map(e => e.textContent)")
+                revised = page.evaluate(f"document.querySelectorAll('{panel} li.lx-final.lx-revised').length")
                 page.click(f"{panel} button.lx-btn-stop")
                 wait_for(lambda: lab.api("GET", f"loquilex/api/sessions/{sid}")["end"], 30, "the stop")
             finally:
@@ -55,12 +63,18 @@ def bench_labext(log: Callable[[str], None], wav_src: Path = SPEECH) -> dict[str
     block_s = 2048 / float(stats.get("sampleRate") or 44100)  # the first chunk is sent once a block is full
     e2e = [(f["rendered"] - start) / 1000 - (f["t1"] - block_s) for f in finals]
     worker = [f["worker"] for f in finals if f["worker"] is not None]
-    log(f"  labext: {len(finals)} finals, e2e p50 {summary(e2e)['p50']} s; {lease['pcm_frames']} frames / {lease['pcm_bytes']} B in {elapsed:.1f} s")
+    reference = wav_src.with_suffix(".txt").read_text()
+    wers = {"finals": wer(reference, " ".join(f["text"] for f in finals)), "captions": wer(reference, " ".join(captions)),
+            "batch": batch_wer(wav, reference)}
+    log(f"  labext: {len(finals)} finals, e2e p50 {summary(e2e)['p50']} s; {lease['pcm_frames']} frames / {lease['pcm_bytes']} B in {elapsed:.1f} s; WER {wers}")
     return {
         "file": str(wav_src.relative_to(REPO)),
         "audio_s": round(audio_s, 3),
         "finals": len(finals),
         "texts": [f["text"] for f in finals],
+        "captions": captions,
+        "revised": revised,
+        "wer": {k: round(v, 3) for k, v in wers.items()},
         "e2e_s": {**summary(e2e), "samples": [round(x, 4) for x in e2e]},
         "worker_latency_s": summary(worker),
         "sample_rate": float(stats.get("sampleRate") or 0),
@@ -71,6 +85,16 @@ def bench_labext(log: Callable[[str], None], wav_src: Path = SPEECH) -> dict[str
         "bytes_per_s": round(lease["pcm_bytes"] / elapsed, 1),
         "bytes_vs_audio_rate": round(lease["pcm_bytes"] / elapsed / AUDIO_RATE_BPS, 3),
     }
+
+
+def batch_wer(wav: Path, reference: str) -> float:
+    """The same 44.1 kHz stereo file through the Python client as fast as it decodes."""
+    import loquilex_nb as lx
+
+    with tempfile.TemporaryDirectory(prefix="lx-bench-labext-batch-") as d:
+        with lx.session(str(wav), realtime=False, output_root=d) as s:
+            finals = [e.text for e in s.events() if e.type == "asr.final"]
+    return wer(reference, " ".join(finals))
 
 
 def labext_section(r: dict[str, Any]) -> list[str]:
@@ -103,4 +127,8 @@ def labext_section(r: dict[str, Any]) -> list[str]:
         "sidebar. Times are the browser's own clock: a final's `renderedAt` (set when its `<li>` is added) − (the first audio "
         "chunk's send time + the final's `t1` − one worklet block); the capture's own buffering before the worklet is not included.",
         f"- finals: {' / '.join(x['texts'])}",
-    ]
+    ] + ([
+        f"- WER against the WAV's text: **captions in the panel {x['wer']['captions']:.3f}** ({x['revised']} finals revised; "
+        f"read once every final's revision window had passed), the finals as first shown {x['wer']['finals']:.3f}, "
+        f"the same file through `lx.session(file, realtime=False)` {x['wer']['batch']:.3f}.",
+    ] if "wer" in x else [])

@@ -48,9 +48,9 @@ from stall import bench_stall  # noqa: E402
 from stopping import bench_stopping  # noqa: E402
 
 SHORT = REPO / "tests" / "fixtures" / "short.wav"
-BUDGET_S = {"full": 13 * 60.0, "quick": 115.0}  # the cycles stop early to keep the whole run inside
+BUDGET_S = {"full": 13 * 60.0, "quick": 90.0}  # the cycles stop early to keep the whole run inside
 CYCLES_RESERVE_S = 20.0  # settle + server shutdown + plots after the cycles
-MIN_CYCLES = {"full": 100, "quick": 20}  # run at least these, whatever the budget says
+MIN_CYCLES = {"full": 100, "quick": 10}  # run at least these, whatever the budget says
 
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
@@ -69,18 +69,18 @@ SIZES: dict[str, dict[str, Any]] = {
         "cycles_every": 50,
     },
     "quick": {
-        "stop_rounds": 3,
+        "stop_rounds": 2,
         "asr_files": [SPEECH],
         "realtime_files": [SHORT],
         "asr_repeats": 1,
         "latency_file": SHORT,
-        "stall_seconds": 12.0,
-        "stall_parts": [SPEECH, SAMPLE] * 3,
+        "stall_seconds": 6.0,
+        "stall_parts": [SPEECH, SAMPLE] * 2,
         "stall_control": False,
         "send_queue_limit": 16,
-        "scale_sizes": (2, 4),
+        "scale_sizes": (2, 3),
         "idle_s": 1.0,
-        "cycles": 20,
+        "cycles": 10,
         "cycles_every": 5,
     },
 }

@@ -77,3 +77,26 @@ def open_sidebar(page, lab: JupyterServer) -> None:
     if not page.is_visible("#loquilex-sidebar button.lx-mic"):
         page.click(tab)
     page.wait_for_selector("#loquilex-sidebar .lx-counter[data-counter='fds']", timeout=30_000)
+
+
+def run_from_palette(page, label: str, attempts: int = 3) -> None:
+    """Run a command the way a keyboard user does: Ctrl+Shift+C, type its label, Enter.
+
+    The modal palette closes when it loses focus, and JupyterLab still restoring its layout on a
+    loaded machine can take the focus just after the palette opened: the keystrokes are then
+    lost. That is the harness racing the page, not the command failing, so it tries again."""
+    active = f".lm-CommandPalette-item.lm-mod-active:has-text('{label}')"
+    for attempt in range(1, attempts + 1):
+        page.keyboard.press("Control+Shift+C")
+        try:
+            page.wait_for_selector(".lm-CommandPalette-input:focus", timeout=20_000)
+            page.keyboard.type(label)
+            page.wait_for_selector(active, timeout=10_000)
+        except Exception:
+            if attempt == attempts:
+                raise
+            page.keyboard.press("Escape")
+            time.sleep(1.0)
+            continue
+        page.keyboard.press("Enter")
+        return

@@ -46,6 +46,8 @@ _WIDE_ASYNCIO_RUNNERS = tuple(
 
 _SUBREAPER = pytest.StashKey[bool]()
 _NB_BASELINE = pytest.StashKey[dict[str, Any]]()
+_WORKER_STRAYS = pytest.StashKey[list[str]]()
+_STRAY_KEY = "loquilex_stray_processes"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -59,6 +61,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "no_leakcheck(reason): skip the leak check; only for tests of the checker itself",
     )
     config.stash[_SUBREAPER] = become_subreaper()
+    if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_XdistController(config), "loquilex-xdist-controller")
 
 
 def _settle_for(node: pytest.Item) -> float:
@@ -226,30 +230,51 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     Catches what no per-test check could: e.g. a grandchild orphaned when a
     notebook's kernel was shut down.
     """
-    if not session.config.stash.get(_SUBREAPER, False):
-        return
-    reap_adopted()  # exited orphans: gone, only ours to collect
     stray = []
-    for child in psutil.Process().children():
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE:
-                stray.append(child)
-        except psutil.Error:
-            continue
-    if not stray:
-        return
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(
-            f"loquilex leak check: {len(stray)} process(es) outlived the test run "
-            "(killed now):", red=True
-        )
-        for child in stray:
-            reporter.write_line(f"  {describe_child(child)}", red=True)
+    # an xdist controller runs no test: its children are the workers, each sweeping its own
+    controller = session.config.pluginmanager.get_plugin("dsession") is not None
+    if session.config.stash.get(_SUBREAPER, False) and not controller:
+        reap_adopted()  # exited orphans: gone, only ours to collect
+        for child in psutil.Process().children():
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    stray.append(child)
+            except psutil.Error:
+                continue
+    lines = [describe_child(child) for child in stray]
     for child in stray:  # adopted or not: nothing may run on after the run
         try:
             child.kill()
             child.wait(5)
         except psutil.Error:
             pass
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        # an xdist worker: its exit status is not the run's, so the controller reports it
+        workeroutput[_STRAY_KEY] = lines
+    lines += session.config.stash.get(_WORKER_STRAYS, [])
+    if not lines:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(
+            f"loquilex leak check: {len(lines)} process(es) outlived the test run "
+            "(killed now):", red=True
+        )
+        for line in lines:
+            reporter.write_line(f"  {line}", red=True)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+class _XdistController:
+    """With pytest-xdist, each worker sweeps its own children at its end and hands what it
+    found to the controller, which fails the run (a worker's own exit status is ignored)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    @pytest.hookimpl
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        stray = getattr(node, "workeroutput", {}).get(_STRAY_KEY) or []
+        if stray:
+            self.config.stash[_WORKER_STRAYS] = [*self.config.stash.get(_WORKER_STRAYS, []), *stray]

@@ -92,15 +92,15 @@ class WhisperDecoder:
         language = cfg.language if multilingual else "en"
         self.tokenizer = Tokenizer(self.model.hf_tokenizer, multilingual, task="transcribe", language=language)
 
-    def decode(self, audio: np.ndarray, context: str = "", words: bool = False) -> Hypothesis:
+    def decode(self, audio: np.ndarray, context: str = "", words: bool = False, beam: int | None = None) -> Hypothesis:
         duration = len(audio) / SAMPLE_RATE
         if duration < 0.1:
             return Hypothesis("")
         window = window_for(duration)
-        hyp, tokens, enc, frames = self._decode_in(audio, context, window)
+        hyp, tokens, enc, frames = self._decode_in(audio, context, window, beam)
         if words and window < FULL_WINDOW_S and self._suspicious(hyp, tokens):
             # finals are worth a second, wider decode; partials are only trimmed below
-            hyp, tokens, enc, frames = self._decode_in(audio, context, min(FULL_WINDOW_S, 2 * window + 2))
+            hyp, tokens, enc, frames = self._decode_in(audio, context, min(FULL_WINDOW_S, 2 * window + 2), beam)
             hyp.retried = True
         cut = first_repeat(tokens)
         if cut is not None:
@@ -112,7 +112,7 @@ class WhisperDecoder:
             hyp.words = self._align(tokens, enc, frames)
         return hyp
 
-    def _decode_in(self, audio: np.ndarray, context: str, window: int):
+    def _decode_in(self, audio: np.ndarray, context: str, window: int, beam: int | None = None):
         from faster_whisper.audio import pad_or_trim
 
         n_frames = window * 100
@@ -125,7 +125,7 @@ class WhisperDecoder:
         result = self.model.model.generate(
             enc,
             [prompt],
-            beam_size=self.cfg.beam_size,
+            beam_size=max(beam or 1, self.cfg.beam_size),
             max_length=min(self.model.max_length, len(prompt) + budget),
             return_scores=True,
             return_no_speech_prob=True,

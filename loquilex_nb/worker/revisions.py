@@ -26,10 +26,12 @@ from .agreement import TimedWord, inside, join, nearest, norm, same_text, timed
 
 REVISE_RIGHT_S = 3.0  # later audio a final's revision decodes with
 GATHER_S = 10.0  # audio a block waits for past that, so that one decode covers several finals
-MAX_BLOCK_S = 26.0  # a block's whole window (left context, finals, right context) stays below 30 s
+MAX_BLOCK_S = 20.0  # a block's whole window (left context, finals, right context): shorter did worse, longer costs more
 MIN_GAIN = 0.0  # mean word probability a revision must add over the final
 QUIET_S = 1.0  # audio that must follow the latest final before a revision decode
 MAX_PENDING = 16  # a backlog beyond this is dropped, oldest first: revisions are optional
+REVISE_BEAM = 5  # blocks are few (one per ~10 s of speech): a wider search is affordable there, and it
+# fixes what greedy decoding gets wrong in any window ("But whether it's" for "The weather is")
 SLACK = int(0.1 * SAMPLE_RATE)
 
 
@@ -88,7 +90,7 @@ class Revisions:
         for _ in block:
             self.queue.popleft()
         hi = min(now, block[-1].end + right)
-        hyp = self.rec._decode_span(lo, hi, prompt, words=True)
+        hyp = self.rec._decode_span(lo, hi, prompt, words=True, beam=REVISE_BEAM)
         groups = assign(timed(hyp.words, lo), block)
         for p, words in zip(block, groups):
             self._revise(p, words, now)

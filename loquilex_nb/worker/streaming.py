@@ -284,10 +284,10 @@ class StreamingRecognizer:
     def _decode(self, start: int, end: int, *, words: bool) -> Hypothesis:
         return self._decode_span(self._lo(start), min(self.total, end + PAD), self.context[-self.cfg.context_chars :], words=words)
 
-    def _decode_span(self, lo: int, hi: int, prompt: str, *, words: bool) -> Hypothesis:
+    def _decode_span(self, lo: int, hi: int, prompt: str, *, words: bool, beam: int | None = None) -> Hypothesis:
         audio = self.buf[lo - self.buf_start : hi - self.buf_start]
         t = time.process_time()
-        hyp = self.decoder.decode(audio, prompt, words=words)
+        hyp = self.decoder.decode(audio, prompt, words=words, beam=beam)
         self.decode_cpu += time.process_time() - t
         self.decodes += 1
         return hyp

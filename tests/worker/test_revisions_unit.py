@@ -122,15 +122,17 @@ class Transcript:
         self.words = [dataclasses.replace(w, probability=p) for w in words(spec)]
         self.total = 0
         self.decodes = []
+        self.beams = []
         self.events = []
 
     def context_at(self, start, left):
         return max(0, start - left), ""
 
-    def _decode_span(self, lo, hi, prompt, *, words):
+    def _decode_span(self, lo, hi, prompt, *, words, beam=None):
         from loquilex_nb.worker.decoder import Hypothesis, Word
 
         self.decodes.append((lo / SR, hi / SR))
+        self.beams.append(beam)
         got = [w for w in self.words if lo <= w.start and w.end <= hi]
         return Hypothesis(" ".join(w.word for w in got), [Word(w.word, (w.start - lo) / SR, (w.end - lo) / SR, w.probability) for w in got])
 
@@ -156,7 +158,7 @@ def test_assign_gives_words_between_finals_to_the_nearer_and_drops_the_context()
 
 
 def test_a_block_revises_several_finals_in_one_decode_once_they_have_right_context():
-    from loquilex_nb.worker.revisions import GATHER_S, REVISE_RIGHT_S, Revisions
+    from loquilex_nb.worker.revisions import GATHER_S, REVISE_BEAM, REVISE_RIGHT_S, Revisions
 
     rec = Transcript("the:1.0-1.3 sun:1.3-1.6 rose.:1.6-2.0 a:3.0-3.2 rod:3.2-3.6 is:3.6-3.8 "
                      "used.:3.8-4.2 help:12.0-12.5 her.:12.5-13.0")
@@ -171,6 +173,7 @@ def test_a_block_revises_several_finals_in_one_decode_once_they_have_right_conte
     # one decode for the first two finals (left context, both, 3 s after the second); the
     # third has no right context yet and waits
     assert rec.decodes == [(0.0, 4.2 + REVISE_RIGHT_S)]
+    assert rec.beams == [REVISE_BEAM]  # blocks are few: they get the beam search
     assert [(t, f["segment_id"], f["text"], f["data"]["old_text"]) for t, f in rec.events] == [
         ("asr.revision", 1, "the sun rose.", "the son rose.")]
     assert [p.seg for p in rev.queue] == [3]
