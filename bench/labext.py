@@ -59,13 +59,14 @@ def bench_labext(log: Callable[[str], None], wav_src: Path = SPEECH) -> dict[str
                 wait_for(lambda: lab.api("GET", f"loquilex/api/sessions/{sid}")["end"], 30, "the stop")
             finally:
                 browser.close()
+        batch = batch_wer(wav, wav_src.with_suffix(".txt").read_text())
     start = float(stats["audioStartedAt"])
     block_s = 2048 / float(stats.get("sampleRate") or 44100)  # the first chunk is sent once a block is full
     e2e = [(f["rendered"] - start) / 1000 - (f["t1"] - block_s) for f in finals]
     worker = [f["worker"] for f in finals if f["worker"] is not None]
     reference = wav_src.with_suffix(".txt").read_text()
     wers = {"finals": wer(reference, " ".join(f["text"] for f in finals)), "captions": wer(reference, " ".join(captions)),
-            "batch": batch_wer(wav, reference)}
+            "batch": batch}
     log(f"  labext: {len(finals)} finals, e2e p50 {summary(e2e)['p50']} s; {lease['pcm_frames']} frames / {lease['pcm_bytes']} B in {elapsed:.1f} s; WER {wers}")
     return {
         "file": str(wav_src.relative_to(REPO)),

@@ -110,7 +110,9 @@ def serve(cfg: dict[str, Any], emit: EventOut, backlog: Backlog, reader: Control
         emit("status", data={"state": "running", "model_load_s": round(time.monotonic() - t0, 3), "live": live})
 
         def on_event(type_: str, **fields: Any) -> None:
-            emit(type_, **fields)  # the event first: a full disk must not swallow it
+            # the files first: a worker killed between the two must not leave a final the
+            # client saw missing on disk; a full disk must not swallow the event either
+            failed = None
             try:
                 if type_ == "asr.partial":
                     writer.partial(fields["text"])
@@ -119,8 +121,12 @@ def serve(cfg: dict[str, Any], emit: EventOut, backlog: Backlog, reader: Control
                 elif type_ == "asr.revision":
                     writer.revise(fields["segment_id"], fields["text"])
             except OSError as exc:
+                failed = exc
+            finally:
+                emit(type_, **fields)
+            if failed is not None:
                 # the session goes on; the client still gets every caption as an event
-                emit("error", data={"code": "caption-write", "detail": f"{type(exc).__name__}: {exc}"})
+                emit("error", data={"code": "caption-write", "detail": f"{type(failed).__name__}: {failed}"})
 
         rec = StreamingRecognizer(decoder, asr_cfg, on_event, live=live)
         if source["kind"] == "file":

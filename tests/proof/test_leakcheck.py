@@ -586,10 +586,13 @@ def test_plugin_with_project_options_catches_each_leak_kind(
     assert "outlived the test run" not in text, text
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
 def test_process_still_running_at_the_end_of_the_run_fails_it(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, workers: list[str]
 ) -> None:
-    # The last sweep catches what no per-test check saw (here: a test that opted out).
+    # The last sweep catches what no per-test check saw (here: a test that opted out). Under
+    # pytest-xdist (`make test`) a worker's own exit status is not the run's: what its sweep
+    # finds must reach the controller and fail the run there.
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     pytester.makepyfile(
         test_sweep="""
@@ -598,31 +601,11 @@ def test_process_still_running_at_the_end_of_the_run_fails_it(
         @pytest.mark.no_leakcheck("tests the checker")
         def test_leaves_an_orphan():
             subprocess.run(["sh", "-c", "sleep 65 >/dev/null 2>&1 &"], check=True)
-        """
-    )
-    result = pytester.runpytest_subprocess("-p", "loquilex_nb.testing.pytest_plugin", "-p", "no:cacheprovider")
-    result.stdout.fnmatch_lines(["*1 process(es) outlived the test run (killed now):*", "*sleep 65*"])
-    assert result.ret == pytest.ExitCode.TESTS_FAILED
-
-
-def test_process_still_running_after_an_xdist_worker_ends_fails_the_run(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # `make test` runs on pytest-xdist workers: a worker's own exit status is not the run's,
-    # so what its last sweep finds must reach the controller and fail the run there.
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
-    pytester.makepyfile(
-        test_sweep="""
-        import subprocess, pytest
-
-        @pytest.mark.no_leakcheck("tests the checker")
-        def test_leaves_an_orphan():
-            subprocess.run(["sh", "-c", "sleep 67 >/dev/null 2>&1 &"], check=True)
 
         def test_clean():
             pass
         """
     )
-    result = pytester.runpytest_subprocess("-p", "loquilex_nb.testing.pytest_plugin", "-p", "no:cacheprovider", "-n", "2")
-    result.stdout.fnmatch_lines(["*1 process(es) outlived the test run (killed now):*", "*sleep 67*"])
+    result = pytester.runpytest_subprocess("-p", "loquilex_nb.testing.pytest_plugin", "-p", "no:cacheprovider", *workers)
+    result.stdout.fnmatch_lines(["*1 process(es) outlived the test run (killed now):*", "*sleep 65*"])
     assert result.ret == pytest.ExitCode.TESTS_FAILED
