@@ -12,7 +12,8 @@ knows nothing of faults. Faults:
   worker's own signal watcher thread can act on a SIGTERM.
 - ``slow-start``: the model load blocks the same way; the worker never reaches `running`.
 - ``ignore-sigterm``: SIGTERM is ignored (set right after the worker installs its handlers).
-- ``crash-after-final``: the worker SIGKILLs itself once its first final is written to disk.
+- ``crash-after-final``: the worker SIGKILLs itself right after its first final reaches the event
+  pipe (what a client can have seen must already be on disk).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import os
 import signal
 import sys
 
-from ..worker import captions, decoder, main, signals, streaming
+from ..worker import decoder, eventout, main, signals, streaming
 
 MODULE = "loquilex_nb.testing.faulty_worker"
 FAULTS = ("hang", "slow-start", "ignore-sigterm", "crash-after-final")
@@ -61,6 +62,11 @@ def _kill_self(*_args, **_kwargs) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _kill_after_a_final(_self, type_: str, **_fields) -> None:
+    if type_ == "asr.final":
+        _kill_self()
+
+
 def inject(faults: list[str]) -> None:
     for fault in faults:
         if fault == "hang":
@@ -70,7 +76,7 @@ def inject(faults: list[str]) -> None:
         elif fault == "ignore-sigterm":
             _after(signals.Handlers, "__init__", lambda *_: signal.signal(signal.SIGTERM, signal.SIG_IGN))
         elif fault == "crash-after-final":
-            _after(captions.CaptionWriter, "final", _kill_self)
+            _after(eventout.EventOut, "__call__", _kill_after_a_final)
         else:
             raise SystemExit(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
 
