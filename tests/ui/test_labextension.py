@@ -158,7 +158,7 @@ def test_caption_my_microphone_live_then_closing_the_tab_stops_it(tmp_path):
                 # tiny.en with greedy decoding hears the first sentence as "But whether it's
                 # sunny" in a window under ~15 s, whatever the lead-in; the revision block's beam
                 # search hears "The weather is". Issue 12 asks for batch + 0.05: met on an idle
-                # machine (0.018 = batch in 4 runs and in `make bench`), but under `make test`'s
+                # machine (0.018 = batch in 2 idle runs and in `make bench`), but under `make test`'s
                 # load the utterances are cut differently and the first sentence was left
                 # unrevised once in 3 loaded runs (0.071, +0.054). The bound keeps a margin for
                 # that; it still fails on garbled, resampled-wrong or lost audio.
