@@ -14,8 +14,7 @@ from typing import Any, Callable
 
 from measure import REPO, summary, wer
 
-from loquilex_nb.testing.browser import CHROMIUM, fake_mic_wav, jupyter_lab, launch_chromium, open_sidebar, wait_for
-from loquilex_nb.worker.revisions import GATHER_S, QUIET_S, REVISE_RIGHT_S
+from loquilex_nb.testing.browser import CHROMIUM, batch_text, fake_mic_wav, jupyter_lab, launch_chromium, open_sidebar, wait_for, wait_for_revisions
 
 SPEECH = REPO / "tests" / "fixtures" / "speech.wav"
 LEAD_S = 0.75
@@ -51,15 +50,14 @@ def bench_labext(log: Callable[[str], None], wav_src: Path = SPEECH) -> dict[str
                 # the captions as revisions leave them: every final is revised or left within
                 # the revision bound of audio after its end (the mic goes on sending silence)
                 last_t1 = max((f["t1"] for f in finals), default=0.0)
-                window = REVISE_RIGHT_S + GATHER_S + QUIET_S + 3.0
-                wait_for(lambda: time.monotonic() - t0 > last_t1 + window, last_t1 + window + 5, "the revision window")
+                wait_for_revisions(t0, last_t1, lag=3.0)
                 captions = page.evaluate(f"[...document.querySelectorAll('{panel} li.lx-final .lx-text')].map(e => e.textContent)")
                 revised = page.evaluate(f"document.querySelectorAll('{panel} li.lx-final.lx-revised').length")
                 page.click(f"{panel} button.lx-btn-stop")
                 wait_for(lambda: lab.api("GET", f"loquilex/api/sessions/{sid}")["end"], 30, "the stop")
             finally:
                 browser.close()
-        batch = batch_wer(wav, wav_src.with_suffix(".txt").read_text())
+        batch = wer(wav_src.with_suffix(".txt").read_text(), batch_text(wav, tmp / "batch"))
     start = float(stats["audioStartedAt"])
     block_s = 2048 / float(stats.get("sampleRate") or 44100)  # the first chunk is sent once a block is full
     e2e = [(f["rendered"] - start) / 1000 - (f["t1"] - block_s) for f in finals]
@@ -86,16 +84,6 @@ def bench_labext(log: Callable[[str], None], wav_src: Path = SPEECH) -> dict[str
         "bytes_per_s": round(lease["pcm_bytes"] / elapsed, 1),
         "bytes_vs_audio_rate": round(lease["pcm_bytes"] / elapsed / AUDIO_RATE_BPS, 3),
     }
-
-
-def batch_wer(wav: Path, reference: str) -> float:
-    """The same 44.1 kHz stereo file through the Python client as fast as it decodes."""
-    import loquilex_nb as lx
-
-    with tempfile.TemporaryDirectory(prefix="lx-bench-labext-batch-") as d:
-        with lx.session(str(wav), realtime=False, output_root=d) as s:
-            finals = [e.text for e in s.events() if e.type == "asr.final"]
-    return wer(reference, " ".join(finals))
 
 
 def labext_section(r: dict[str, Any]) -> list[str]:

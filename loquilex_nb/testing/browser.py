@@ -100,3 +100,21 @@ def run_from_palette(page, label: str, attempts: int = 3) -> None:
             continue
         page.keyboard.press("Enter")
         return
+
+
+def batch_text(wav: Path, output_root: Path) -> str:
+    """The same audio through the Python client as fast as it decodes: the reference for WER."""
+    import loquilex_nb as lx
+
+    with lx.session(str(wav), realtime=False, output_root=str(output_root)) as s:
+        return " ".join(e.text for e in s.events() if e.type == "asr.final")
+
+
+def wait_for_revisions(started: float, last_t1: float, lag: float) -> None:
+    """Wait until every final up to `last_t1` (seconds of audio after `started`, a monotonic
+    time) is revised or left as it is: the revision bound of audio after it, plus `lag` for a
+    worker behind the clock. The microphone goes on sending silence meanwhile."""
+    from loquilex_nb.worker.revisions import GATHER_S, QUIET_S, REVISE_RIGHT_S
+
+    window = REVISE_RIGHT_S + GATHER_S + QUIET_S + lag
+    wait_for(lambda: time.monotonic() - started > last_t1 + window, last_t1 + window + 5, "the revision window")

@@ -10,8 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from loquilex_nb.testing.browser import CHROMIUM, fake_mic_wav, jupyter_lab, launch_chromium, open_sidebar, run_from_palette, wait_for
-from loquilex_nb.worker.revisions import GATHER_S, QUIET_S, REVISE_RIGHT_S
+from loquilex_nb.testing.browser import CHROMIUM, batch_text, fake_mic_wav, jupyter_lab, launch_chromium, open_sidebar, run_from_palette, wait_for, wait_for_revisions
 from tests.helpers import BROWSER_OUTPUT as OUTPUT
 from tests.helpers import FIXTURES, wer
 
@@ -91,15 +90,6 @@ def test_sidebar_lists_a_notebook_session_and_drops_it_when_the_kernel_restarts(
             lab.shutdown_kernels()
 
 
-def batch_wer(wav: Path, reference: str, tmp_path: Path) -> float:
-    """The same audio through the Python client, as fast as possible: the reference WER."""
-    import loquilex_nb as lx
-
-    with lx.session(str(wav), realtime=False, output_root=str(tmp_path / "batch-captions")) as s:
-        finals = [e.text for e in s.events() if e.type == "asr.final"]
-    return wer(reference, " ".join(finals))
-
-
 def test_caption_my_microphone_live_then_closing_the_tab_stops_it(tmp_path):
     OUTPUT.mkdir(parents=True, exist_ok=True)
     wav = tmp_path / "mic-44k-stereo.wav"
@@ -107,7 +97,7 @@ def test_caption_my_microphone_live_then_closing_the_tab_stops_it(tmp_path):
     # lead-in keeps about the fixture's own 0.5 s of silence before the first word
     audio_s = fake_mic_wav(FIXTURES / "speech.wav", wav, lead=0.25)
     reference = (FIXTURES / "speech.txt").read_text()
-    batch = batch_wer(wav, reference, tmp_path)
+    batch = wer(reference, batch_text(wav, tmp_path / "batch-captions"))
     with jupyter_lab(tmp_path, f"--LoquilexApp.browser_lease={LEASE}") as lab:
         with sync_playwright() as p:
             browser = launch_chromium(p, *FAKE_MIC, f"--use-file-for-fake-audio-capture={wav}%noloop")
@@ -148,8 +138,7 @@ def test_caption_my_microphone_live_then_closing_the_tab_stops_it(tmp_path):
                 # too). Every final is revised, or left, within the revision bound of audio after
                 # its end: the mic goes on sending silence, so read the panel once that has passed.
                 last_t1 = max(map(float, ends.evaluate_all("els => els.map(e => e.dataset.t1)")))
-                window = REVISE_RIGHT_S + GATHER_S + QUIET_S + 4.0  # + a loaded worker's lag
-                wait_for(lambda: time.monotonic() - t_click > last_t1 + window, last_t1 + window + 5, "the revision window")
+                wait_for_revisions(t_click, last_t1, lag=4.0)
                 texts = [t.strip() for t in page.locator(f"{PANEL} li.lx-final .lx-text").all_inner_texts()]
                 live_wer = wer(reference, " ".join(texts))
                 revised = page.locator(f"{PANEL} li.lx-final.lx-revised").count()
