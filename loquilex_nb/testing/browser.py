@@ -3,6 +3,7 @@ the helpers of the browser tests and of bench/labext.py."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import time
@@ -10,6 +11,9 @@ import wave
 from pathlib import Path
 from typing import Iterator
 
+from loquilex_nb.core.config import build_config
+from loquilex_nb.core.events import REVISION_WINDOW_S
+from loquilex_nb.supervisor.supervisor import Supervisor
 from loquilex_nb.testing.jupyter import JupyterServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -103,18 +107,23 @@ def run_from_palette(page, label: str, attempts: int = 3) -> None:
 
 
 def batch_text(wav: Path, output_root: Path) -> str:
-    """The same audio through the Python client as fast as it decodes: the reference for WER."""
-    import loquilex_nb as lx
+    """The same audio through a session as fast as it decodes: the reference for WER."""
+    return asyncio.run(_batch_text(wav, output_root))
 
-    with lx.session(str(wav), realtime=False, output_root=str(output_root)) as s:
-        return " ".join(e.text for e in s.events() if e.type == "asr.final")
+
+async def _batch_text(wav: Path, output_root: Path) -> str:
+    sup = Supervisor(max_sessions=1)
+    try:
+        session = await sup.create(build_config(str(wav), sid="batch", realtime=False, output_root=output_root))
+        await session.wait()
+        return " ".join(e.text for e in session.log if e.type == "asr.final")
+    finally:
+        await sup.shutdown()
 
 
 def wait_for_revisions(started: float, last_t1: float, lag: float) -> None:
     """Wait until every final up to `last_t1` (seconds of audio after `started`, a monotonic
-    time) is revised or left as it is: the revision bound of audio after it, plus `lag` for a
+    time) is revised or left as it is: the revision window of audio after it, plus `lag` for a
     worker behind the clock. The microphone goes on sending silence meanwhile."""
-    from loquilex_nb.worker.revisions import GATHER_S, QUIET_S, REVISE_RIGHT_S
-
-    window = REVISE_RIGHT_S + GATHER_S + QUIET_S + lag
+    window = REVISION_WINDOW_S + lag
     wait_for(lambda: time.monotonic() - started > last_t1 + window, last_t1 + window + 5, "the revision window")

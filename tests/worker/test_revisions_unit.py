@@ -4,7 +4,8 @@ import dataclasses
 
 import webvtt
 
-from loquilex_nb.core.events import Event, revised
+from loquilex_nb.core.events import REVISION_WINDOW_S, Event, revised
+from loquilex_nb.worker import revisions
 from loquilex_nb.worker.agreement import TimedWord, agreed_prefix, commit_point, inside, join, same_text
 from loquilex_nb.worker.captions import CaptionWriter
 
@@ -203,3 +204,9 @@ def test_no_revision_decode_right_after_a_final_nor_after_the_stream_ends():
     assert not rec.decodes
     assert rev.run_one(rec.total + int(QUIET_S * SR))
     assert rec.decodes
+
+
+def test_the_worker_revises_within_the_window_clients_are_promised():
+    """Clients wait REVISION_WINDOW_S of audio for settled captions: a block decodes once the
+    right context, the gathering and the quiet after the last final have passed, never later."""
+    assert revisions.REVISE_RIGHT_S + revisions.GATHER_S + revisions.QUIET_S <= REVISION_WINDOW_S
