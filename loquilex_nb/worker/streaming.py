@@ -181,7 +181,7 @@ class StreamingRecognizer:
             if s >= start - left and e <= start and s >= self.buf_start:
                 lo, ctx_len = min(s - int(0.1 * SAMPLE_RATE), start - PAD), before
                 break
-        return max(self.buf_start, lo), self.context[:ctx_len][-self.cfg.context_chars :]
+        return self._clamp(lo), self.context[:ctx_len][-self.cfg.context_chars :]
 
     def _live_words(self, start: int, end: int, *, pad: int = PAD) -> list[TimedWord]:
         """Decode [start, end) alone (a lead-in of PAD before it); keep its own words."""
@@ -279,13 +279,21 @@ class StreamingRecognizer:
 
     # -- helpers ---------------------------------------------------------------------------
     def _lo(self, start: int) -> int:
-        return max(self.buf_start, start - PAD)
+        return self._clamp(start - PAD)
+
+    def _clamp(self, lo: int) -> int:
+        """Where a decode can begin: not before the audio still kept, but at the stream's start
+        a lead-in of silence is made up (lo < 0): Whisper hears the first word of a stream
+        wrong when it comes within a few tenths of a second of the window's start."""
+        return lo if self.buf_start == 0 else max(self.buf_start, lo)
 
     def _decode(self, start: int, end: int, *, words: bool) -> Hypothesis:
         return self._decode_span(self._lo(start), min(self.total, end + PAD), self.context[-self.cfg.context_chars :], words=words)
 
     def _decode_span(self, lo: int, hi: int, prompt: str, *, words: bool, beam: int | None = None) -> Hypothesis:
-        audio = self.buf[lo - self.buf_start : hi - self.buf_start]
+        audio = self.buf[max(0, lo - self.buf_start) : hi - self.buf_start]
+        if lo < self.buf_start:
+            audio = np.concatenate([np.zeros(self.buf_start - lo, dtype=np.float32), audio])
         t = time.process_time()
         hyp = self.decoder.decode(audio, prompt, words=words, beam=beam)
         self.decode_cpu += time.process_time() - t

@@ -141,3 +141,29 @@ def test_a_repeated_sentence_is_not_swallowed_by_its_left_context(decoder):
         rec.tick(False)
     rec.finalize(decode=True)
     assert len(finals) == 2 and all(wer("Hello, this is a short test.", t) <= 0.2 for t in finals), finals
+
+
+@pytest.mark.parametrize("cut", [0.2, 0.3])
+def test_the_first_words_of_a_stream_get_a_lead_in(decoder, tmp_path, cut):
+    """A stream whose first word comes within half a second of its start (a microphone opened
+    just before the speaker began): Whisper hears "The weather is" there as "But whether it's"
+    when the window starts with the stream, in partials, finals and the beam-searched revision
+    alike. The recogniser makes up the lead-in of silence the stream lacks."""
+    import numpy as np
+
+    from loquilex_nb.testing.browser import fake_mic_wav
+
+    wav = tmp_path / "mic.wav"
+    fake_mic_wav(FIXTURES / "speech.wav", wav, lead=0.25)  # what the browser test's microphone plays
+    audio = np.concatenate(list(iter_file_chunks(str(wav), 0.1)))
+    audio = np.concatenate([audio[int(cut * SR) : int(10.5 * SR)], np.zeros(16 * SR, np.float32)])  # three sentences
+    finals, revisions = [], []
+    rec = StreamingRecognizer(decoder, build_asr_config({}), lambda t, **f: (finals if t == "asr.final" else revisions if t == "asr.revision" else []).append(f), live=True)
+    for i in range(0, len(audio), SR // 10):
+        rec.push(audio[i : i + SR // 10])
+        rec.tick(False)
+        rec.tick(False)
+    rec.finalize(decode=True)
+    latest = {r["segment_id"]: r["text"] for r in revisions}
+    captions = [latest.get(f["segment_id"], f["text"]) for f in finals]
+    assert captions[0].rstrip(".").lower() == "the weather is sunny and warm today", (captions, [f["text"] for f in finals])
