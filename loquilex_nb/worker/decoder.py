@@ -50,6 +50,7 @@ class Hypothesis:
     no_speech_prob: float = 0.0
     window_s: int = 0
     retried: bool = False
+    suspicious: bool = False  # looked like a loop or a cut-off in its window, and was not decoded again
 
 
 def window_for(duration: float) -> int:
@@ -92,22 +93,26 @@ class WhisperDecoder:
         language = cfg.language if multilingual else "en"
         self.tokenizer = Tokenizer(self.model.hf_tokenizer, multilingual, task="transcribe", language=language)
 
-    def decode(self, audio: np.ndarray, context: str = "", words: bool = False, beam: int | None = None) -> Hypothesis:
+    def decode(self, audio: np.ndarray, context: str = "", words: bool = False, beam: int | None = None, retry: bool = True) -> Hypothesis:
+        """`retry`: decode a suspicious result again in a wider window (finals and revisions);
+        a partial is only trimmed and marked `suspicious`, its caller decides."""
         duration = len(audio) / SAMPLE_RATE
         if duration < 0.1:
             return Hypothesis("")
         window = window_for(duration)
         hyp, tokens, enc, frames = self._decode_in(audio, context, window, beam)
         if words and window < FULL_WINDOW_S and self._suspicious(hyp, tokens):
-            # finals are worth a second, wider decode; partials are only trimmed below
-            hyp, tokens, enc, frames = self._decode_in(audio, context, min(FULL_WINDOW_S, 2 * window + 2), beam)
-            hyp.retried = True
+            if retry:
+                hyp, tokens, enc, frames = self._decode_in(audio, context, min(FULL_WINDOW_S, 2 * window + 2), beam)
+                hyp.retried = True
+            else:
+                hyp.suspicious = True
         cut = first_repeat(tokens)
         if cut is not None:
             tokens = tokens[:cut]
             hyp.text = self.tokenizer.decode(tokens).strip()
         if self._is_silence(hyp):
-            return Hypothesis("", window_s=hyp.window_s, retried=hyp.retried)
+            return Hypothesis("", window_s=hyp.window_s, retried=hyp.retried, suspicious=hyp.suspicious)
         if words and tokens:
             hyp.words = self._align(tokens, enc, frames)
         return hyp

@@ -139,9 +139,11 @@ class StreamingRecognizer:
         self.last_partial_at = due if self.total - due < step else self.total
         # without acoustic left context: it would cost a longer window every partial, and the
         # revision decodes these words again with it
-        words = self._live_words(start, self.total)
-        agreed = agreed_prefix(self.prev_words, words)
-        self.prev_words, self.prev_upto = words, self.total
+        # a partial that looks like a loop is not decoded again (that doubles its cost in
+        # noise); it neither agrees with the next one nor becomes a final at a silence
+        words, shaky = self._live_words(start, self.total, retry=False)
+        agreed = 0 if shaky else agreed_prefix(self.prev_words, words)
+        self.prev_words, self.prev_upto = ([], 0) if shaky else (words, self.total)
         long_utt = self.total - start >= AGREE_LONG_S * SAMPLE_RATE
         n = commit_point(words, agreed, self.total, settle=int(SETTLE_S * SAMPLE_RATE), long_utterance=long_utt)
         if n:
@@ -183,20 +185,21 @@ class StreamingRecognizer:
                 break
         return self._clamp(lo), self.context[:ctx_len][-self.cfg.context_chars :]
 
-    def _live_words(self, start: int, end: int, *, pad: int = PAD) -> list[TimedWord]:
-        """Decode [start, end) alone (a lead-in of PAD before it); keep its own words."""
+    def _live_words(self, start: int, end: int, *, pad: int = PAD, retry: bool = True) -> tuple[list[TimedWord], bool]:
+        """Decode [start, end) alone (a lead-in of PAD before it); its own words, and whether
+        the decode looked suspicious (only without `retry`)."""
         lo, prompt = self.context_at(start, 0)
-        hyp = self._decode_span(lo, min(self.total, end + pad), prompt, words=True)
+        hyp = self._decode_span(lo, min(self.total, end + pad), prompt, words=True, retry=retry)
         if not hyp.words:
-            return [TimedWord(hyp.text, start, max(start, end))] if hyp.text else []
-        return inside(timed(hyp.words, lo), start, slack=CUT_SLACK)
+            return ([TimedWord(hyp.text, start, max(start, end))] if hyp.text else []), hyp.suspicious
+        return inside(timed(hyp.words, lo), start, slack=CUT_SLACK), hyp.suspicious
 
     def _utterance_done(self, utt: Utterance) -> None:
         self.utt_start = None
         if self.live:
             words = self._last_partial_words(utt)
             if words is None:
-                words = self._live_words(utt.start, utt.end)
+                words, _ = self._live_words(utt.start, utt.end)
             self._final_words(utt, words, reason="silence")
             self.partial_text = ""
             self.prev_words = []
@@ -225,7 +228,7 @@ class StreamingRecognizer:
         assert start is not None
         if self.live:
             cut = now - int(FORCED_TAIL * SAMPLE_RATE)
-            words = self._live_words(start, now, pad=0)
+            words, _ = self._live_words(start, now, pad=0)
             keep = [w for w in words if w.end <= cut] or words
             split = keep[-1].end if keep and keep is not words else now
             self._final_words(Utterance(start, split, self.segment_no), keep, reason="max-length")
@@ -290,12 +293,12 @@ class StreamingRecognizer:
     def _decode(self, start: int, end: int, *, words: bool) -> Hypothesis:
         return self._decode_span(self._lo(start), min(self.total, end + PAD), self.context[-self.cfg.context_chars :], words=words)
 
-    def _decode_span(self, lo: int, hi: int, prompt: str, *, words: bool, beam: int | None = None) -> Hypothesis:
+    def _decode_span(self, lo: int, hi: int, prompt: str, *, words: bool, beam: int | None = None, retry: bool = True) -> Hypothesis:
         audio = self.buf[max(0, lo - self.buf_start) : hi - self.buf_start]
         if lo < self.buf_start:
             audio = np.concatenate([np.zeros(self.buf_start - lo, dtype=np.float32), audio])
         t = time.process_time()
-        hyp = self.decoder.decode(audio, prompt, words=words, beam=beam)
+        hyp = self.decoder.decode(audio, prompt, words=words, beam=beam, retry=retry)
         self.decode_cpu += time.process_time() - t
         self.decodes += 1
         return hyp

@@ -167,3 +167,28 @@ def test_the_first_words_of_a_stream_get_a_lead_in(decoder, tmp_path, cut):
     latest = {r["segment_id"]: r["text"] for r in revisions}
     captions = [latest.get(f["segment_id"], f["text"]) for f in finals]
     assert captions[0].rstrip(".").lower() == "the weather is sunny and warm today", (captions, [f["text"] for f in finals])
+
+
+def test_a_suspicious_partial_is_not_decoded_again_nor_made_a_final(decoder):
+    """A partial that looks like a loop costs one decode, not two (noise makes many); it must
+    then not agree with the next partial nor stand as the final at a silence: the final is
+    decoded again, with the wider retry."""
+
+    class LoopingPartials:  # the real decoder, whose partial decodes all look like loops
+        def __init__(self, real):
+            self.real, self.calls = real, []
+
+        def decode(self, audio, context="", words=False, beam=None, retry=True):
+            self.calls.append(retry)
+            hyp = self.real.decode(audio, context, words=words, beam=beam, retry=retry)
+            hyp.suspicious = not retry
+            return hyp
+
+    shaky = LoopingPartials(decoder)
+    events, _ = run_live(shaky, FIXTURES / "speech.wav", revise=False)
+    finals = [f for t, f, _ in events if t == "asr.final"]
+    partials = [f for t, f, _ in events if t == "asr.partial"]
+    assert partials and finals
+    assert {f["data"]["reason"] for f in finals} == {"silence"}  # no agreement between shaky partials
+    assert shaky.calls.count(True) == len(finals)  # each final decoded once more, with the retry
+    assert wer((FIXTURES / "speech.txt").read_text(), " ".join(f["text"] for f in finals)) <= 0.1
