@@ -229,7 +229,13 @@ def run(quick: bool, sim: bool, sets: list[str], log=print, only: list[str] | No
             log(f"  {path.stem}: {json.dumps(brief(row))}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"conditions": rows, "quick": quick, "mode": "sim" if sim else "live"}
+    res = {"conditions": rows, "quick": quick, "mode": "sim" if sim else "live"}
+    clean = next((f for f in files if f.stem == "harvard_clean"), None)
+    if clean is not None:
+        from costs import costs
+
+        res["costs"] = costs(clean, rows[clean.stem]["speech_s"])
+    return res
 
 
 def brief(row: dict) -> dict:
@@ -290,7 +296,12 @@ def markdown(res: dict) -> str:
            "was emitted; cores = decode CPU ÷ audio seconds. ")
         + "CPU and latency on a shared, loaded machine are pessimistic; WER is the figure to trust."
     )
-    return table + "\n\n" + how
+    out = table + "\n\n" + how
+    if res.get("costs"):
+        from costs import markdown as costs_markdown
+
+        out += "\n\n" + costs_markdown(res["costs"])
+    return out
 
 
 def main() -> None:
