@@ -33,7 +33,7 @@ def unit_costs(decoder, audio: np.ndarray) -> dict:
     enc_cost = {}
     for window in (4, 8, 15, 20, 30):
         feats = pad_or_trim(model.feature_extractor(audio[: window * 16000], chunk_length=window), window * 100)
-        enc_cost[window], enc = _cpu(lambda: model.encode(feats))
+        enc_cost[window], _ = _cpu(lambda f=feats: model.encode(f))
     feats = pad_or_trim(model.feature_extractor(audio[: 8 * 16000], chunk_length=8), 800)
     enc = model.encode(feats)
     base = model.get_prompt(tok, [], without_timestamps=True)

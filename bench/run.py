@@ -29,6 +29,9 @@ from typing import Any, Awaitable, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("LOQUILEX_MODE", "embedded")  # the bench's own sessions never go to a server
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# as in a worker (supervisor/session.py): numpy's OpenBLAS spin-waits a thread per core, and
+# the in-process recogniser (sim, costs) would count that CPU as decoding
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from abuse import bench_abuse  # noqa: E402
 from asr import bench_asr  # noqa: E402
