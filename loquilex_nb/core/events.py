@@ -8,7 +8,7 @@ from typing import Any
 # asr.revision: a later, better text for an earlier final (same segment_id); never coalesced
 EVENT_TYPES = ("status", "asr.partial", "asr.final", "asr.revision", "error", "eos")
 # A final's revision, if it ever comes, is decoded once this much audio has followed the final's
-# end (the worker's revision constants fit inside it; tests/test_revisions.py holds them to it).
+# end (the worker's revision constants fit inside it; tests/worker/test_revisions_unit.py holds them to it).
 # Clients that wait for settled captions wait this long in audio, plus their own lag.
 REVISION_WINDOW_S = 14.0
 
