@@ -5,9 +5,10 @@ JupyterLab >= 4.4 with ipykernel >= 7 sends each comm target over a kernel *subs
 (`commsOverSubshells: perCommTarget`), so the first widget makes ipykernel start a
 `subshell-<id>` thread with an event loop (an epoll fd and a socket pair) and four inproc zmq
 sockets. Those belong to the frontend's connection, not to the notebook, and live as long as
-the kernel. They are recognised by identity, from ipykernel's subshell manager, and left out
-of both the baseline and the later counts; nothing else is: every other thread, child, fd and
-socket still counts. Where the manager cannot be read (ipykernel < 7, no kernel), nothing is
+the kernel. So do the TCP connections a client (the Jupyter server) makes to the kernel's own
+ZMQ ports: one more appears when it connects again. They are recognised by identity (ipykernel's
+subshell manager; the ports in the kernel's connection file) and left out of both the baseline
+and the later counts; nothing else is: every other thread, child, fd and socket still counts. Where the manager cannot be read (ipykernel < 7, no kernel), nothing is
 left out.
 """
 
@@ -66,10 +67,26 @@ def _zmq_fds(thread: Any) -> set[int]:
     return fds
 
 
+def _kernel_port_connections() -> set[int]:
+    """fds of the TCP connections accepted on this kernel's own ZMQ ports: a client (the
+    Jupyter server) connecting again, e.g. after a websocket reconnect under load, adds one."""
+    try:
+        import psutil
+        from ipykernel.connect import get_connection_info
+
+        info = get_connection_info(unpack=True)
+        ports = {info.get(f"{name}_port") for name in ("shell", "iopub", "stdin", "control", "hb")} - {None, 0}
+        conns = psutil.Process().net_connections(kind="tcp")
+    except Exception:
+        return set()  # not in a kernel: nothing is the frontend's
+    return {c.fd for c in conns if c.fd >= 0 and c.raddr and c.laddr.port in ports}
+
+
 def frontend_resources() -> tuple[set[int], set[int]]:
-    """(native thread ids, fds) of this kernel's subshells: the frontend's, not the notebook's."""
+    """(native thread ids, fds) of this kernel's subshells and of the connections its clients
+    made to its ports: the frontend's, not the notebook's."""
     tids: set[int] = set()
-    fds: set[int] = set()
+    fds: set[int] = _kernel_port_connections()
     for thread in _subshells():
         if not thread.is_alive():
             continue

@@ -1,4 +1,4 @@
-"""`loquilex_nb.testing.baseline`: a kernel subshell made by the frontend is not a leak; ours still are.
+"""`loquilex_nb.testing.baseline`: a kernel subshell or a client connection made by the frontend is not a leak; ours still are.
 
 A real ipykernel (7+) gets a `create_subshell_request` on its control channel, as JupyterLab
 sends one for each comm target (`commsOverSubshells: perCommTarget`). The subshell's thread,
@@ -7,6 +7,8 @@ must pass with them, and must still fail on a thread or a socket the notebook it
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
@@ -51,6 +53,24 @@ def test_a_frontend_subshell_is_not_a_leak_but_our_thread_and_socket_are(tmp_pat
         assert threads >= 1 and fds >= 1 and sockets >= 1, grown  # the subshell is really there
         assert f"subshell-{subshell}" in await execute(kc, "import threading; print([t.name for t in threading.enumerate()])")
         assert "RESULT: same" in await execute(kc, CHECK.format(timeout=5))
+        # a second client connecting to the kernel's ports (the server does, after a websocket
+        # reconnect) adds TCP connections in the kernel: the frontend's too
+        from jupyter_client.asynchronous import AsyncKernelClient
+
+        second = AsyncKernelClient()
+        second.load_connection_info(kc.get_connection_info(session=True))
+        count = "print(process_counters().sockets)"
+        before = int(await execute(kc, count))
+        second.start_channels()
+        try:
+            for _ in range(100):  # zmq connects in the background
+                if int(await execute(kc, count)) > before:
+                    break
+                await asyncio.sleep(0.1)
+            assert int(await execute(kc, count)) > before  # the connections are really there
+            assert "RESULT: same" in await execute(kc, CHECK.format(timeout=5))
+        finally:
+            second.stop_channels()
         # ours still count: a socket, then a thread
         await execute(kc, "import socket; leaked = socket.socket()")
         assert "RESULT: grown" in await execute(kc, CHECK.format(timeout=0.5))
