@@ -43,9 +43,10 @@ browser:
 
 # Two pytest-xdist workers, a whole file to one worker (nbval's notebooks run in order, and a
 # module's servers stay its own); each worker runs the leak checker on its tests and sweeps its
-# own children at its end.
+# own children at its end. numpy runs single-threaded, as in a worker: in-process decodes then
+# match a worker's to the last bit.
 test: install browser labext-check lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadfile
+	HF_HUB_OFFLINE=1 OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
 
 # Lint (ruff) the whole tree and type-check (mypy) the layers every process shares:
 # core, supervisor and the server extension (their list is in pyproject.toml).

@@ -63,10 +63,10 @@ class _Attributing:
         self.cpu = {"partials": 0.0, "finals": 0.0, "revisions": 0.0}
         self.calls = {k: 0 for k in self.cpu}
 
-    def decode(self, audio, context="", words=False, beam=None, retry=True):
+    def decode(self, audio, context="", words=False, beam=None, retry=True, window=None):
         kind = "revisions" if beam else "partials" if not retry else "finals"
         t = time.process_time()
-        hyp = self.real.decode(audio, context, words=words, beam=beam, retry=retry)
+        hyp = self.real.decode(audio, context, words=words, beam=beam, retry=retry, window=window)
         self.cpu[kind] += time.process_time() - t
         self.calls[kind] += 1
         return hyp

@@ -93,13 +93,15 @@ class WhisperDecoder:
         language = cfg.language if multilingual else "en"
         self.tokenizer = Tokenizer(self.model.hf_tokenizer, multilingual, task="transcribe", language=language)
 
-    def decode(self, audio: np.ndarray, context: str = "", words: bool = False, beam: int | None = None, retry: bool = True) -> Hypothesis:
+    def decode(self, audio: np.ndarray, context: str = "", words: bool = False, beam: int | None = None, retry: bool = True,
+               window: int | None = None) -> Hypothesis:
         """`retry`: decode a suspicious result again in a wider window (finals and revisions);
-        a partial is only trimmed and marked `suspicious`, its caller decides."""
+        a partial is only trimmed and marked `suspicious`, its caller decides. `window`: the
+        encoder's window in seconds instead of the one the audio's length calls for."""
         duration = len(audio) / SAMPLE_RATE
         if duration < 0.1:
             return Hypothesis("")
-        window = window_for(duration)
+        window = window_for(duration) if window is None else int(min(FULL_WINDOW_S, max(window, math.ceil(duration))))
         hyp, tokens, enc, frames = self._decode_in(audio, context, window, beam)
         if words and window < FULL_WINDOW_S and self._suspicious(hyp, tokens):
             if retry:

@@ -8,10 +8,13 @@ gets for free. Finals are revised in blocks: once the oldest unrevised final has
 `REVISE_RIGHT_S` after it, and that right context. One long decode costs far less than one
 per final (the encoder and the left context are shared), and a long window is where Whisper
 does best. Where a final's words change and the decoder is at least as sure of them, one
-`asr.revision` event replaces its text (same segment id and times).
+`asr.revision` event replaces its text (same segment id and times). A block that only repeats
+a final it is unsure of (mean word probability under `DOUBT`) asks for a second opinion: one
+more decode, in another window, up to that final's right context; per final, the more
+confident decode wins.
 
 The bound: a final is revised, or left as it is, at most `REVISE_RIGHT_S + GATHER_S` of
-audio after its speech ends, plus one decode (and any backlog; a revision also waits
+audio after its speech ends, plus two decodes at most (and any backlog; a revision also waits
 `QUIET_S` after the newest final). Finals still waiting when the stream ends stay as they
 are: a stop must not wait for extra decodes.
 """
@@ -23,12 +26,14 @@ from dataclasses import dataclass
 
 from ..core.config import SAMPLE_RATE
 from .agreement import TimedWord, inside, join, nearest, norm, same_text, timed
+from .decoder import FULL_WINDOW_S, window_for
 
 REVISE_RIGHT_S = 3.0  # later audio a final's revision decodes with
 GATHER_S = 10.0  # audio a block waits for past that, so that one decode covers several finals
 MAX_BLOCK_S = 20.0  # a block's whole window (left context, finals, right context): shorter did worse, longer costs more
 MIN_GAIN = 0.0  # mean word probability a revision must add over the final
 QUIET_S = 1.0  # audio that must follow the latest final before a revision decode
+DOUBT = 0.8  # mean word probability under which a block that agrees with a final asks again
 MAX_PENDING = 16  # a backlog beyond this is dropped, oldest first: revisions are optional
 REVISE_BEAM = 5  # blocks are few (one per ~10 s of speech): a wider search is affordable there, and it
 # fixes what greedy decoding gets wrong in any window ("But whether it's" for "The weather is")
@@ -51,6 +56,7 @@ class Revisions:
         self.left = int(left * SAMPLE_RATE)
         self.queue: deque[Pending] = deque()
         self.last_final = 0  # stream position (samples) when the last final was emitted
+        self.second_opinions = 0
 
     def add(self, utt, text: str, words) -> None:
         self.last_final = self.rec.total
@@ -92,6 +98,20 @@ class Revisions:
         hi = min(now, block[-1].end + right)
         hyp = self.rec._decode_span(lo, hi, prompt, words=True, beam=REVISE_BEAM)
         groups = assign(timed(hyp.words, lo), block)
+        doubts = [i for i, (p, words) in enumerate(zip(block, groups)) if doubtful(p, words)]
+        if doubts:
+            # The block repeats a final it is unsure of. tiny models sit on a knife edge there:
+            # the same audio 10 ms later, or in another encoder window, flips "But whether it's"
+            # to "The weather is". A second decode, ending `right` after the last such final
+            # (a shorter window, so cheaper), is a second opinion; the more confident one wins.
+            upto = doubts[-1] + 1
+            hi2 = min(hi, block[upto - 1].end + right)
+            other = self.rec._decode_span(lo, hi2, prompt, words=True, beam=REVISE_BEAM,
+                                          window=other_window(hi - lo) if hi2 == hi else None)
+            seconds = assign(timed(other.words, lo), block[:upto])
+            for i in doubts:
+                groups[i] = max(groups[i], seconds[i], key=confidence)
+            self.second_opinions += 1
         for p, words in zip(block, groups):
             self._revise(p, words, now)
         return True
@@ -127,6 +147,17 @@ def assign(words: list[TimedWord], block: list[Pending]) -> list[list[TimedWord]
     for w in inside(words, block[0].start, block[-1].end, slack=SLACK):
         out[nearest([(p.start, p.end) for p in block], (w.start + w.end) // 2)].append(w)
     return out
+
+
+def doubtful(p: Pending, words: list[TimedWord]) -> bool:
+    """The block heard the final's own words, and is not sure of them."""
+    return bool(words) and same_text(join(words), p.text) and confidence(words) < DOUBT
+
+
+def other_window(samples: int) -> int:
+    """An encoder window other than the one `decode` picks for this much audio."""
+    usual = window_for(samples / SAMPLE_RATE)
+    return FULL_WINDOW_S if usual <= FULL_WINDOW_S - 2 else FULL_WINDOW_S - 4
 
 
 def confidence(words) -> float:

@@ -293,12 +293,13 @@ class StreamingRecognizer:
     def _decode(self, start: int, end: int, *, words: bool) -> Hypothesis:
         return self._decode_span(self._lo(start), min(self.total, end + PAD), self.context[-self.cfg.context_chars :], words=words)
 
-    def _decode_span(self, lo: int, hi: int, prompt: str, *, words: bool, beam: int | None = None, retry: bool = True) -> Hypothesis:
+    def _decode_span(self, lo: int, hi: int, prompt: str, *, words: bool, beam: int | None = None, retry: bool = True,
+                     window: int | None = None) -> Hypothesis:
         audio = self.buf[max(0, lo - self.buf_start) : hi - self.buf_start]
         if lo < self.buf_start:
             audio = np.concatenate([np.zeros(self.buf_start - lo, dtype=np.float32), audio])
         t = time.process_time()
-        hyp = self.decoder.decode(audio, prompt, words=words, beam=beam, retry=retry)
+        hyp = self.decoder.decode(audio, prompt, words=words, beam=beam, retry=retry, window=window)
         self.decode_cpu += time.process_time() - t
         self.decodes += 1
         return hyp

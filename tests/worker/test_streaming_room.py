@@ -4,6 +4,7 @@ The recogniser is driven in-process for the behaviour of its schedule (which fin
 which revision of what), and through a real worker for what reaches events and files.
 """
 
+import os
 from collections import Counter
 
 import pytest
@@ -169,6 +170,35 @@ def test_the_first_words_of_a_stream_get_a_lead_in(decoder, tmp_path, cut):
     assert captions[0].rstrip(".").lower() == "the weather is sunny and warm today", (captions, [f["text"] for f in finals])
 
 
+def test_a_revision_block_that_repeats_a_doubtful_final_asks_again(decoder):
+    """What a browser's microphone delivered to a worker in a run where the revision block,
+    beam-searched over the first three sentences, heard "But whether it's" as the greedy final
+    had: tiny.en sits on a knife edge there (the same audio 10 ms later gives "The weather
+    is"). A block that agrees with a final it is unsure of asks again, in another window."""
+    import numpy as np
+
+    if os.environ.get("OPENBLAS_NUM_THREADS") != "1":
+        # numpy loads before any conftest could set it; `make test` does
+        pytest.skip("the knife edge reproduces with numpy single-threaded, as in a worker (OPENBLAS_NUM_THREADS=1)")
+
+    audio = np.concatenate(list(iter_file_chunks(str(FIXTURES / "mic_capture.wav"), 0.1)))
+    audio = np.concatenate([audio, np.zeros(4 * SR, np.float32)])  # the mic goes on: silence
+    finals, revisions = {}, {}
+
+    def emit(t, **f):
+        (finals if t == "asr.final" else revisions if t == "asr.revision" else {})[f["segment_id"]] = f["text"]
+
+    rec = StreamingRecognizer(decoder, build_asr_config({"partial_interval": 0.4, "vad_silence": 0.45}), emit, live=True)
+    block = 743  # samples per message: the panel's 2048-frame blocks at 44.1 kHz
+    for i in range(0, len(audio), block):
+        rec.push(audio[i : i + block])
+        while rec.tick(False):  # the worker's loop: ticks until there is nothing to do
+            pass
+    first = revisions.get(1, finals[1])
+    assert first.rstrip(".").lower() == "the weather is sunny and warm today", (finals, revisions)
+    assert rec.revisions.second_opinions >= 1
+
+
 def test_a_suspicious_partial_is_not_decoded_again_nor_made_a_final(decoder):
     """A partial that looks like a loop costs one decode, not two (noise makes many); it must
     then not agree with the next partial nor stand as the final at a silence: the final is
@@ -178,9 +208,9 @@ def test_a_suspicious_partial_is_not_decoded_again_nor_made_a_final(decoder):
         def __init__(self, real):
             self.real, self.calls = real, []
 
-        def decode(self, audio, context="", words=False, beam=None, retry=True):
+        def decode(self, audio, context="", words=False, beam=None, retry=True, window=None):
             self.calls.append(retry)
-            hyp = self.real.decode(audio, context, words=words, beam=beam, retry=retry)
+            hyp = self.real.decode(audio, context, words=words, beam=beam, retry=retry, window=window)
             hyp.suspicious = not retry
             return hyp
 

@@ -1,7 +1,8 @@
 /**
  * "Caption my microphone": one push session owned by this browser tab. Order matters:
- * the AudioContext is made in the user's gesture (by the caller), the socket is open (welcome
- * received) before the first audio chunk, and `stop()` releases mic, graph, socket and session.
+ * the AudioContext is made in the user's gesture (by the caller); the capture starts as soon as
+ * the microphone is granted, and its audio is held until the socket is open (welcome received),
+ * then sent in order; `stop()` releases mic, graph, socket and session.
  */
 import { ISignal, Signal } from '@lumino/signaling';
 
@@ -47,11 +48,36 @@ export class MicSession {
       this.model.setState('asking for the microphone');
       stream = await openMicrophone();
       ctx = await contextForStream(ctx, stream);
+      // The microphone is live from here: capture at once and hold the audio until the socket
+      // exists. Creating the session (a worker process) takes a second or more on a loaded
+      // server, and a person starts speaking when the browser shows that it is recording.
+      const early: Uint8Array[] = [];
+      const earlyMax = Math.round(this.options.maxBufferSeconds * 32000);
+      let earlyBytes = 0;
+      let socket: EventSocket | null = null;
+      this.capture = await MicCapture.start(ctx, stream, bytes => {
+        if (!this.audioStartedAt) {
+          this.audioStartedAt = Date.now();
+        }
+        if (socket) {
+          socket.sendAudio(bytes);
+          return;
+        }
+        early.push(bytes);
+        earlyBytes += bytes.length;
+        while (earlyBytes > earlyMax && early.length) {
+          earlyBytes -= early.shift()!.length;
+          this.onAudioLost('the session took too long to start: the first audio was lost');
+        }
+      });
+      stream = null; // the capture owns it now
+      this.throwIfStopped();
       this.model.setState('creating a session');
       const info = await this.api.createBrowserSession(this.options.sessionOptions);
       this.sid = info.id;
       (this.model as { sid: string }).sid = info.id;
-      const socket = new EventSocket({
+      this.throwIfStopped();
+      socket = new EventSocket({
         url: this.api.wsUrl(info.id),
         maxBufferBytes: Math.round(this.options.maxBufferSeconds * 32000)
       });
@@ -59,22 +85,21 @@ export class MicSession {
       socket.event.connect((_, env) => this.model.handle(env));
       socket.stateChanged.connect((_, state) => this.onSocketState(state));
       socket.audioLost.connect(() => this.onAudioLost());
-      await socket.open();
-      if (this.stopping) {
-        throw new Error('stopped');
-      }
-      const s = stream;
-      stream = null;
-      this.capture = await MicCapture.start(ctx, s, bytes => {
-        if (!this.audioStartedAt) {
-          this.audioStartedAt = Date.now();
-        }
+      // held in the socket's buffer, in order, and sent once the welcome arrives
+      for (const bytes of early.splice(0)) {
         socket.sendAudio(bytes);
-      });
+      }
+      await socket.open();
+      this.throwIfStopped();
       this.model.setState('live');
     } catch (err) {
       await releaseUnused(this.capture ? null : ctx, stream);
       if (this.stopping) {
+        // stopped while starting: what was created after stop() looked is ended here
+        this.socket?.dispose();
+        if (this.sid) {
+          await this.api.stop(this.sid).catch(() => undefined);
+        }
         return;
       }
       if (err instanceof MicError) {
@@ -87,6 +112,12 @@ export class MicSession {
         this.model.fail('failed', String((err as Error)?.message ?? err));
       }
       await this.stop();
+    }
+  }
+
+  private throwIfStopped(): void {
+    if (this.stopping) {
+      throw new Error('stopped');
     }
   }
 
@@ -139,10 +170,10 @@ export class MicSession {
   }
 
   private lostReported = false;
-  private onAudioLost(): void {
+  private onAudioLost(text = 'the connection stayed down too long: some audio is being lost'): void {
     if (!this.lostReported) {
       this.lostReported = true;
-      this.model.notice('audio-lost', 'the connection stayed down too long: some audio is being lost');
+      this.model.notice('audio-lost', text);
     }
   }
 }

@@ -99,6 +99,7 @@ export class CaptionPanel extends Widget {
       const li = document.createElement('li');
       li.className = 'lx-final';
       li.dataset.seq = String(f.seq);
+      li.dataset.t0 = String(f.t0);
       li.dataset.t1 = String(f.t1);
       li.dataset.renderedAt = String(Date.now());
       li.dataset.latency = f.latency === null ? '' : String(f.latency);
