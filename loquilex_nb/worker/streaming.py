@@ -35,7 +35,7 @@ END_SLACK = 0.1  # seconds a word may end after the detector's last voiced frame
 CUT_SLACK = int(0.1 * SAMPLE_RATE)  # a word whose middle is this close before the utterance is its own
 REUSE_SLACK = int(0.05 * SAMPLE_RATE)  # audio past the last voiced frame a reused partial must cover
 SETTLE_S = 0.6  # an agreed sentence end with nothing said after it for this long is final
-AGREE_LONG_S = 5.0  # past this, agreed words are committed even without a sentence end
+AGREE_LONG_S = 3.0  # past this, agreed words are committed even without a sentence end
 
 Emit = Callable[..., None]
 

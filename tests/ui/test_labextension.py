@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -36,6 +37,23 @@ def set_theme(page, dark: bool) -> None:
 
 def row(page, sid: str) -> str:
     return f"{SIDEBAR} li.lx-session[data-sid='{sid}']"
+
+
+@contextmanager
+def mic_page(lab, wav: Path):
+    """A tab of `lab` in a Chromium whose fake microphone plays `wav` once; closed on exit."""
+    with sync_playwright() as p:
+        browser = launch_chromium(p, *FAKE_MIC, f"--use-file-for-fake-audio-capture={wav}%noloop")
+        try:
+            yield browser.new_page(viewport={"width": 1300, "height": 850})
+        finally:
+            browser.close()
+
+
+def short_mic(tmp_path) -> Path:
+    wav = tmp_path / "mic.wav"
+    fake_mic_wav(FIXTURES / "short.wav", wav)
+    return wav
 
 
 def worker_pid(lab, sid: str) -> int:
@@ -211,51 +229,38 @@ def test_caption_my_microphone_live_then_closing_the_tab_stops_it(tmp_path):
                 browser.close()
 
 
+CLOSE_MIC_PANEL = ".lm-DockPanel-tabBar .lm-TabBar-tab:has-text('Microphone captions') .lm-TabBar-tabCloseIcon"
+
+
 def test_closing_the_panel_stops_the_session(tmp_path):
-    wav = tmp_path / "mic.wav"
-    fake_mic_wav(FIXTURES / "short.wav", wav)
-    with jupyter_lab(tmp_path, "--LoquilexApp.browser_lease=60") as lab:
-        with sync_playwright() as p:
-            browser = launch_chromium(p, *FAKE_MIC, f"--use-file-for-fake-audio-capture={wav}%noloop")
-            page = browser.new_page(viewport={"width": 1300, "height": 850})
-            try:
-                open_sidebar(page, lab)
-                run_from_palette(page, "Caption My Microphone")  # keyboard only
-                sid = wait_for(lambda: page.locator(PANEL).get_attribute("data-sid"), 30, "a session")
-                page.wait_for_selector(f"{PANEL} li.lx-final", timeout=30_000)
-                proc = psutil.Process(worker_pid(lab, sid))  # before the close: a reaped pid has no Process
-                page.click(".lm-DockPanel-tabBar .lm-TabBar-tab:has-text('Microphone captions') .lm-TabBar-tabCloseIcon")
-                # the lease is 60 s: only the panel's own stop can end it this fast
-                proc.wait(15)
-                info = wait_for(lambda: (i := lab.api("GET", f"loquilex/api/sessions/{sid}"))["end"] and i, 5, "the end")
-                assert info["state"] == "stopped" and info["end"]["kind"] == "clean", info
-            finally:
-                browser.close()
+    with jupyter_lab(tmp_path, "--LoquilexApp.browser_lease=60") as lab, mic_page(lab, short_mic(tmp_path)) as page:
+        open_sidebar(page, lab)
+        run_from_palette(page, "Caption My Microphone")  # keyboard only
+        sid = wait_for(lambda: page.locator(PANEL).get_attribute("data-sid"), 30, "a session")
+        page.wait_for_selector(f"{PANEL} li.lx-final", timeout=30_000)
+        proc = psutil.Process(worker_pid(lab, sid))  # before the close: a reaped pid has no Process
+        page.click(CLOSE_MIC_PANEL)
+        # the lease is 60 s: only the panel's own stop can end it this fast
+        proc.wait(15)
+        info = wait_for(lambda: (i := lab.api("GET", f"loquilex/api/sessions/{sid}"))["end"] and i, 5, "the end")
+        assert info["state"] == "stopped" and info["end"]["kind"] == "clean", info
 
 
 def test_closing_the_panel_while_the_session_starts_stops_it(tmp_path):
     """The panel is closed while the server is still creating its session: the session the
     server then creates is stopped by the panel, not left to the lease (60 s here)."""
-    wav = tmp_path / "mic.wav"
-    fake_mic_wav(FIXTURES / "short.wav", wav)
-    with jupyter_lab(tmp_path, "--LoquilexApp.browser_lease=60") as lab:
-        with sync_playwright() as p:
-            browser = launch_chromium(p, *FAKE_MIC, f"--use-file-for-fake-audio-capture={wav}%noloop")
-            page = browser.new_page(viewport={"width": 1300, "height": 850})
-            start = HeldSessionStart(page)
-            try:
-                open_sidebar(page, lab)
-                page.click(f"{SIDEBAR} button.lx-mic")
-                start.wait()
-                page.click(".lm-DockPanel-tabBar .lm-TabBar-tab:has-text('Microphone captions') .lm-TabBar-tabCloseIcon")
-                start.release()
-                (info,) = wait_for(lambda: lab.api("GET", "loquilex/api/sessions")["sessions"], 30, "the session the server went on to create")
-                info = wait_for(lambda: (i := lab.api("GET", f"loquilex/api/sessions/{info['id']}"))["end"] and i, 15, "the session to end")
-                assert info["state"] == "stopped", info
-                (lease,) = lab.api("GET", "loquilex/api/browser-sessions")["sessions"]
-                assert lease["ended"] and not lease["connected"], lease
-            finally:
-                browser.close()
+    with jupyter_lab(tmp_path, "--LoquilexApp.browser_lease=60") as lab, mic_page(lab, short_mic(tmp_path)) as page:
+        start = HeldSessionStart(page)
+        open_sidebar(page, lab)
+        page.click(f"{SIDEBAR} button.lx-mic")
+        start.wait()
+        page.click(CLOSE_MIC_PANEL)
+        start.release()
+        (info,) = wait_for(lambda: lab.api("GET", "loquilex/api/sessions")["sessions"], 30, "the session the server went on to create")
+        info = wait_for(lambda: (i := lab.api("GET", f"loquilex/api/sessions/{info['id']}"))["end"] and i, 15, "the session to end")
+        assert info["state"] == "stopped", info
+        (lease,) = lab.api("GET", "loquilex/api/browser-sessions")["sessions"]
+        assert lease["ended"] and not lease["connected"], lease
 
 
 def mic_refused(tmp_path, kind: str, words: str, *chromium_args: str) -> None:
@@ -291,44 +296,37 @@ def test_no_microphone_shows_an_error_and_creates_nothing(tmp_path):
 
 
 def test_session_limit_shows_an_error_and_leaves_nothing_running(tmp_path):
-    wav = tmp_path / "mic.wav"
-    fake_mic_wav(FIXTURES / "short.wav", wav)
     with jupyter_lab(tmp_path, "--LoquilexApp.max_sessions=1") as lab:
         held = lab.api("POST", "loquilex/api/sessions", {"source": {"kind": "push"}})
-        with sync_playwright() as p:
-            browser = launch_chromium(p, *FAKE_MIC, f"--use-file-for-fake-audio-capture={wav}%noloop")
-            page = browser.new_page(viewport={"width": 1300, "height": 850})
-            try:
-                open_sidebar(page, lab)
-                page.wait_for_selector(row(page, held["id"]), timeout=30_000)
-                page.click(f"{SIDEBAR} button.lx-mic")
-                error = page.locator(f"{PANEL} .lx-error[data-kind='session-limit']")
-                error.wait_for(timeout=30_000)
-                assert "session limit" in error.inner_text()
-                panel = page.locator(PANEL)
-                assert panel.get_attribute("data-state") == "error" and not panel.get_attribute("data-sid")
-                page.screenshot(path=str(OUTPUT / "labext-session-limit.png"))
-                # nothing of the refused start runs: no session, no lease, no worker, and the
-                # only socket to the server's one session is the sidebar's
-                (only,) = lab.api("GET", "loquilex/api/sessions")["sessions"]
-                assert only["id"] == held["id"] and only["end"] is None
-                assert lab.api("GET", "loquilex/api/browser-sessions")["sessions"] == []
-                held_pid = lab.api("GET", f"loquilex/api/sessions/{held['id']}")["pid"]
-                workers = [c for c in psutil.Process(lab.proc.pid).children() if "loquilex_nb.worker" in " ".join(c.cmdline())]
-                assert [c.pid for c in workers] == [held_pid], workers
-                res = lab.api("GET", "loquilex/api/resources")
-                assert [(s["sid"], s["connections"]) for s in res["sessions"]] == [(held["id"], 1)]
-                # the panel holds no microphone: the same page can caption once the slot is free
-                lab.api("DELETE", f"loquilex/api/sessions/{held['id']}")
-                page.click(".lm-DockPanel-tabBar .lm-TabBar-tab:has-text('Microphone captions') .lm-TabBar-tabCloseIcon")
-                page.click(f"{SIDEBAR} button.lx-mic")
-                sid = wait_for(lambda: page.locator(PANEL).get_attribute("data-sid"), 30, "a session once the slot is free")
-                assert lab.api("GET", f"loquilex/api/sessions/{sid}")["source"] == {"kind": "push"}
-                proc = psutil.Process(worker_pid(lab, sid))
-                page.click(".lm-DockPanel-tabBar .lm-TabBar-tab:has-text('Microphone captions') .lm-TabBar-tabCloseIcon")
-                proc.wait(15)
-            finally:
-                browser.close()
+        with mic_page(lab, short_mic(tmp_path)) as page:
+            open_sidebar(page, lab)
+            page.wait_for_selector(row(page, held["id"]), timeout=30_000)
+            page.click(f"{SIDEBAR} button.lx-mic")
+            error = page.locator(f"{PANEL} .lx-error[data-kind='session-limit']")
+            error.wait_for(timeout=30_000)
+            assert "session limit" in error.inner_text()
+            panel = page.locator(PANEL)
+            assert panel.get_attribute("data-state") == "error" and not panel.get_attribute("data-sid")
+            page.screenshot(path=str(OUTPUT / "labext-session-limit.png"))
+            # nothing of the refused start runs: no session, no lease, no worker, and the
+            # only socket to the server's one session is the sidebar's
+            (only,) = lab.api("GET", "loquilex/api/sessions")["sessions"]
+            assert only["id"] == held["id"] and only["end"] is None
+            assert lab.api("GET", "loquilex/api/browser-sessions")["sessions"] == []
+            held_pid = lab.api("GET", f"loquilex/api/sessions/{held['id']}")["pid"]
+            workers = [c for c in psutil.Process(lab.proc.pid).children() if "loquilex_nb.worker" in " ".join(c.cmdline())]
+            assert [c.pid for c in workers] == [held_pid], workers
+            res = lab.api("GET", "loquilex/api/resources")
+            assert [(s["sid"], s["connections"]) for s in res["sessions"]] == [(held["id"], 1)]
+            # the panel holds no microphone: the same page can caption once the slot is free
+            lab.api("DELETE", f"loquilex/api/sessions/{held['id']}")
+            page.click(CLOSE_MIC_PANEL)
+            page.click(f"{SIDEBAR} button.lx-mic")
+            sid = wait_for(lambda: page.locator(PANEL).get_attribute("data-sid"), 30, "a session once the slot is free")
+            assert lab.api("GET", f"loquilex/api/sessions/{sid}")["source"] == {"kind": "push"}
+            proc = psutil.Process(worker_pid(lab, sid))
+            page.click(CLOSE_MIC_PANEL)
+            proc.wait(15)
 
 
 def server_counters(lab, reads: int = 6) -> dict:
