@@ -145,88 +145,82 @@ def test_caption_my_microphone_live_then_closing_the_tab_stops_it(tmp_path):
     audio_s = fake_mic_wav(FIXTURES / "speech.wav", wav, lead=0.25)
     reference = (FIXTURES / "speech.txt").read_text()
     batch = wer(reference, batch_text(wav, tmp_path / "batch-captions"))
-    with jupyter_lab(tmp_path, f"--LoquilexApp.browser_lease={LEASE}") as lab:
-        with sync_playwright() as p:
-            browser = launch_chromium(p, *FAKE_MIC, f"--use-file-for-fake-audio-capture={wav}%noloop")
-            page = browser.new_page(viewport={"width": 1300, "height": 850})
-            # a loaded server takes a while to start the worker: the panel must capture from the
-            # moment the microphone is granted and send that audio once the socket is open
-            # (with the capture started after the socket, the first word loses its lead-in or
-            # its start: the first final's t0 below)
-            start = HeldSessionStart(page)
-            try:
-                open_sidebar(page, lab)
-                page.click(f"{SIDEBAR} button.lx-mic")
-                t_click = time.monotonic()
-                start.release(after=1.5)
-                panel = page.locator(PANEL)
-                sid = wait_for(lambda: panel.get_attribute("data-sid"), 30, "a session id in the panel")
-                leases = lab.api("GET", "loquilex/api/browser-sessions")["sessions"]
-                assert [x["sid"] for x in leases] == [sid]
-                info = lab.api("GET", f"loquilex/api/sessions/{sid}")
-                assert info["source"] == {"kind": "push"} and info["owner"] is None
-                pid = worker_pid(lab, sid)
-                # finals appear while the audio plays, not after it: the first well before its end
-                page.wait_for_selector(f"{PANEL} li.lx-final", timeout=30_000)
-                assert time.monotonic() - t_click < audio_s - 5
-                # nothing was lost while the session started: the silence before the first word
-                # reached the worker too (0.75 s in the file; ~0 when the capture waits for the socket)
-                first_t0 = float(page.locator(f"{PANEL} li.lx-final").first.get_attribute("data-t0"))
-                assert first_t0 >= 0.4, first_t0
-                page.wait_for_selector(f"{row(page, sid)}[data-owner='this browser']", timeout=10_000)
-                assert page.locator(row(page, sid)).get_attribute("data-kind") == "browser mic"
-                # let the whole file play, then its tail of silence end the last utterance: its
-                # final is the one ending in the last 4.5 s (the 2 s tail, the fixture's own
-                # trailing silence, the capture's late start). On a loaded machine the worker
-                # lags a few seconds: wait for it rather than read at a fixed time.
-                wait_for(lambda: time.monotonic() - t_click > audio_s + 1, audio_s + 10, "the file to play")
-                ends = page.locator(f"{PANEL} li.lx-final")
-                wait_for(lambda: max(map(float, ends.evaluate_all("els => els.map(e => e.dataset.t1)")), default=0) >= audio_s - 4.5,
-                         30, "the final of the last utterance")
-                texts = [t.strip() for t in page.locator(f"{PANEL} li.lx-final .lx-text").all_inner_texts()]
-                finals_wer = wer(reference, " ".join(texts))
-                lease = lab.api("GET", "loquilex/api/browser-sessions")["sessions"][0]
-                elapsed = time.monotonic() - t_click
-                # the server got the audio at the audio rate: all of the file (it played in full)
-                # and no more than the wall time allows
-                assert audio_s - 0.5 <= lease["pcm_seconds"] <= elapsed + 0.5, (lease, audio_s, elapsed)
-                assert lease["connected"] and not lease["expired"]
-                # The panel's captions are the finals as revisions leave them (the caption files
-                # too). Every final is revised, or left, within the revision bound of audio after
-                # its end: the mic goes on sending silence, so read the panel once that has passed.
-                last_t1 = max(map(float, ends.evaluate_all("els => els.map(e => e.dataset.t1)")))
-                wait_for_revisions(t_click, last_t1, lag=4.0)
-                texts = [t.strip() for t in page.locator(f"{PANEL} li.lx-final .lx-text").all_inner_texts()]
-                live_wer = wer(reference, " ".join(texts))
-                revised = page.locator(f"{PANEL} li.lx-final.lx-revised").count()
-                print(f"live WER {live_wer:.3f} ({revised} revised; finals alone {finals_wer:.3f}) vs batch {batch:.3f}; "
-                      f"{lease['pcm_frames']} frames, {lease['pcm_bytes']} bytes in {elapsed:.1f} s; captions: {texts}")
-                # tiny.en with greedy decoding hears the first sentence as "But whether it's
-                # sunny" in any window under ~15 s; the revision block's beam search hears "The
-                # weather is" given a lead-in before the first word. A loaded server once left it
-                # wrong: the capture then started only after the session and its socket, and the
-                # first word lost its lead-in (or its start). The capture now starts at the grant.
-                assert live_wer <= batch + 0.05, (texts, live_wer, batch)
-                page.screenshot(path=str(OUTPUT / "labext-mic-light.png"))
-                set_theme(page, dark=True)
-                page.screenshot(path=str(OUTPUT / "labext-mic-dark.png"))
-                set_theme(page, dark=False)
-                # closing the tab (no goodbye): the lease stops the session, its worker goes
-                proc = psutil.Process(pid)  # before the close: a reaped pid has no Process
-                page.close()
-                t_closed = time.monotonic()
-                try:
-                    proc.wait(LEASE + 2.0)
-                except psutil.TimeoutExpired as exc:
-                    raise AssertionError(f"the worker outlived the lease: {time.monotonic() - t_closed:.1f} s after the tab closed") from exc
-                gone_after = time.monotonic() - t_closed
-                info = wait_for(lambda: (i := lab.api("GET", f"loquilex/api/sessions/{sid}"))["end"] and i, 5, "the end")
-                assert info["state"] == "stopped", info
-                print(f"worker gone {gone_after:.2f} s after the tab closed (lease {LEASE} s)")
-                (lease,) = lab.api("GET", "loquilex/api/browser-sessions")["sessions"]
-                assert lease["expired"] and lease["ended"] and not lease["connected"], lease
-            finally:
-                browser.close()
+    with jupyter_lab(tmp_path, f"--LoquilexApp.browser_lease={LEASE}") as lab, mic_page(lab, wav) as page:
+        # a loaded server takes a while to start the worker: the panel must capture from the
+        # moment the microphone is granted and send that audio once the socket is open
+        # (with the capture started after the socket, the first word loses its lead-in or
+        # its start: the first final's t0 below)
+        start = HeldSessionStart(page)
+        open_sidebar(page, lab)
+        page.click(f"{SIDEBAR} button.lx-mic")
+        t_click = time.monotonic()
+        start.release(after=1.5)
+        panel = page.locator(PANEL)
+        sid = wait_for(lambda: panel.get_attribute("data-sid"), 30, "a session id in the panel")
+        leases = lab.api("GET", "loquilex/api/browser-sessions")["sessions"]
+        assert [x["sid"] for x in leases] == [sid]
+        info = lab.api("GET", f"loquilex/api/sessions/{sid}")
+        assert info["source"] == {"kind": "push"} and info["owner"] is None
+        pid = worker_pid(lab, sid)
+        # finals appear while the audio plays, not after it: the first well before its end
+        page.wait_for_selector(f"{PANEL} li.lx-final", timeout=30_000)
+        assert time.monotonic() - t_click < audio_s - 5
+        # nothing was lost while the session started: the silence before the first word
+        # reached the worker too (0.75 s in the file; ~0 when the capture waits for the socket)
+        first_t0 = float(page.locator(f"{PANEL} li.lx-final").first.get_attribute("data-t0"))
+        assert first_t0 >= 0.4, first_t0
+        page.wait_for_selector(f"{row(page, sid)}[data-owner='this browser']", timeout=10_000)
+        assert page.locator(row(page, sid)).get_attribute("data-kind") == "browser mic"
+        # let the whole file play, then its tail of silence end the last utterance: its
+        # final is the one ending in the last 4.5 s (the 2 s tail, the fixture's own
+        # trailing silence, the capture's late start). On a loaded machine the worker
+        # lags a few seconds: wait for it rather than read at a fixed time.
+        wait_for(lambda: time.monotonic() - t_click > audio_s + 1, audio_s + 10, "the file to play")
+        ends = page.locator(f"{PANEL} li.lx-final")
+        wait_for(lambda: max(map(float, ends.evaluate_all("els => els.map(e => e.dataset.t1)")), default=0) >= audio_s - 4.5,
+                 30, "the final of the last utterance")
+        texts = [t.strip() for t in page.locator(f"{PANEL} li.lx-final .lx-text").all_inner_texts()]
+        finals_wer = wer(reference, " ".join(texts))
+        lease = lab.api("GET", "loquilex/api/browser-sessions")["sessions"][0]
+        elapsed = time.monotonic() - t_click
+        # the server got the audio at the audio rate: all of the file (it played in full)
+        # and no more than the wall time allows
+        assert audio_s - 0.5 <= lease["pcm_seconds"] <= elapsed + 0.5, (lease, audio_s, elapsed)
+        assert lease["connected"] and not lease["expired"]
+        # The panel's captions are the finals as revisions leave them (the caption files
+        # too). Every final is revised, or left, within the revision bound of audio after
+        # its end: the mic goes on sending silence, so read the panel once that has passed.
+        last_t1 = max(map(float, ends.evaluate_all("els => els.map(e => e.dataset.t1)")))
+        wait_for_revisions(t_click, last_t1, lag=4.0)
+        texts = [t.strip() for t in page.locator(f"{PANEL} li.lx-final .lx-text").all_inner_texts()]
+        live_wer = wer(reference, " ".join(texts))
+        revised = page.locator(f"{PANEL} li.lx-final.lx-revised").count()
+        print(f"live WER {live_wer:.3f} ({revised} revised; finals alone {finals_wer:.3f}) vs batch {batch:.3f}; "
+              f"{lease['pcm_frames']} frames, {lease['pcm_bytes']} bytes in {elapsed:.1f} s; captions: {texts}")
+        # tiny.en with greedy decoding hears the first sentence as "But whether it's
+        # sunny" in any window under ~15 s; the revision block's beam search hears "The
+        # weather is" given a lead-in before the first word. A loaded server once left it
+        # wrong: the capture then started only after the session and its socket, and the
+        # first word lost its lead-in (or its start). The capture now starts at the grant.
+        assert live_wer <= batch + 0.05, (texts, live_wer, batch)
+        page.screenshot(path=str(OUTPUT / "labext-mic-light.png"))
+        set_theme(page, dark=True)
+        page.screenshot(path=str(OUTPUT / "labext-mic-dark.png"))
+        set_theme(page, dark=False)
+        # closing the tab (no goodbye): the lease stops the session, its worker goes
+        proc = psutil.Process(pid)  # before the close: a reaped pid has no Process
+        page.close()
+        t_closed = time.monotonic()
+        try:
+            proc.wait(LEASE + 2.0)
+        except psutil.TimeoutExpired as exc:
+            raise AssertionError(f"the worker outlived the lease: {time.monotonic() - t_closed:.1f} s after the tab closed") from exc
+        gone_after = time.monotonic() - t_closed
+        info = wait_for(lambda: (i := lab.api("GET", f"loquilex/api/sessions/{sid}"))["end"] and i, 5, "the end")
+        assert info["state"] == "stopped", info
+        print(f"worker gone {gone_after:.2f} s after the tab closed (lease {LEASE} s)")
+        (lease,) = lab.api("GET", "loquilex/api/browser-sessions")["sessions"]
+        assert lease["expired"] and lease["ended"] and not lease["connected"], lease
 
 
 CLOSE_MIC_PANEL = ".lm-DockPanel-tabBar .lm-TabBar-tab:has-text('Microphone captions') .lm-TabBar-tabCloseIcon"

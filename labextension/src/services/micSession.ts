@@ -52,7 +52,7 @@ export class MicSession {
       // exists. Creating the session (a worker process) takes a second or more on a loaded
       // server, and a person starts speaking when the browser shows that it is recording.
       const early: Uint8Array[] = [];
-      const earlyMax = Math.round(this.options.maxBufferSeconds * 32000);
+      const maxBufferBytes = Math.round(this.options.maxBufferSeconds * 32000); // 16 kHz int16
       let earlyBytes = 0;
       let socket: EventSocket | null = null;
       this.capture = await MicCapture.start(ctx, stream, bytes => {
@@ -65,7 +65,7 @@ export class MicSession {
         }
         early.push(bytes);
         earlyBytes += bytes.length;
-        while (earlyBytes > earlyMax && early.length) {
+        while (earlyBytes > maxBufferBytes && early.length) {
           earlyBytes -= early.shift()!.length;
           this.onAudioLost('the session took too long to start: the first audio was lost');
         }
@@ -77,10 +77,7 @@ export class MicSession {
       this.sid = info.id;
       (this.model as { sid: string }).sid = info.id;
       this.throwIfStopped();
-      socket = new EventSocket({
-        url: this.api.wsUrl(info.id),
-        maxBufferBytes: Math.round(this.options.maxBufferSeconds * 32000)
-      });
+      socket = new EventSocket({ url: this.api.wsUrl(info.id), maxBufferBytes });
       this.socket = socket;
       socket.event.connect((_, env) => this.model.handle(env));
       socket.stateChanged.connect((_, state) => this.onSocketState(state));
