@@ -141,8 +141,12 @@ def serve(cfg: dict[str, Any], emit: EventOut, backlog: Backlog, reader: Control
         budget = float(cfg.get("stop_budget", STOP_BUDGET_S))
         halt = feeder.halt if feeder is not None else stop_source.set
         reason = run_loop(rec, backlog, quick, reader.stopping, halt, emit, source["kind"], budget, lambda: stop_signal.at)
-        rec.finalize(decode=reason.decode)
+        # a stream that ended by itself has no one waiting on a stop's grace: its last finals
+        # get their revision now, with the audio there is after them, unless a stop comes
+        closing = (lambda: not quick.is_set() and not reader.stopping()) if reason.reason == "end-of-source" else None
+        rec.finalize(decode=reason.decode, revise=closing)
         emit("status", data={"state": "finished", "reason": reason.reason, "decode_cpu_s": round(rec.decode_cpu, 3),
+                             "closing_cpu_s": round(rec.closing_cpu, 3), "unrevised_finals": len(rec.revisions.queue),
                              "decodes": rec.decodes, **backlog.drops()})
         return 2 if reason.reason == "source-error" else 0
     except Exception as exc:

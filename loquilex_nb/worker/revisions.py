@@ -15,8 +15,9 @@ confident decode wins.
 
 The bound: a final is revised, or left as it is, at most `REVISE_RIGHT_S + GATHER_S` of
 audio after its speech ends, plus two decodes at most (and any backlog; a revision also waits
-`QUIET_S` after the newest final). Finals still waiting when the stream ends stay as they
-are: a stop must not wait for extra decodes.
+`QUIET_S` after the newest final). When a stream ends by itself (a file), the finals still
+waiting are revised at once with the audio there is after them (the closing pass, a block at a
+time, ended by a stop); after a stop they stay as they are: a stop must not wait for extra decodes.
 """
 
 from __future__ import annotations
@@ -79,15 +80,17 @@ class Revisions:
         # stop ladder's grace would run out and the worker be killed
         return now - self.last_final >= QUIET_S * SAMPLE_RATE
 
-    def run_one(self, now: int) -> bool:
-        if not self.due(now):
+    def run_one(self, now: int, closing: bool = False) -> bool:
+        """One block, when one is due; `closing`: the stream has ended, and the finals still
+        waiting are revised with what audio there is after them."""
+        if not (self.queue if closing else self.due(now)):
             return False
         right = int(REVISE_RIGHT_S * SAMPLE_RATE)
         first = self.queue[0]
         lo, prompt = self.rec.context_at(first.start, self.left)
         block: list[Pending] = []
         for p in self.queue:
-            if now - p.end < right or p.end + right - lo > MAX_BLOCK_S * SAMPLE_RATE:
+            if (now - p.end < right and not closing) or min(now, p.end + right) - lo > MAX_BLOCK_S * SAMPLE_RATE:
                 break
             block.append(p)
         if not block:  # one final longer than a block: revised alone, without left context

@@ -67,6 +67,7 @@ class StreamingRecognizer:
         self.arrivals: deque[tuple[int, float]] = deque(maxlen=512)  # (end sample, monotonic)
         self.decode_cpu = 0.0
         self.decodes = 0
+        self.closing_cpu = 0.0  # CPU seconds of the closing revisions (finalize)
         self.prev_words: list[TimedWord] = []  # the last partial's words, for agreement
         self.prev_upto = 0  # audio the last partial's decode covered
         self.revisions = Revisions(self, enabled=live and cfg.revise, left=cfg.left_context)
@@ -108,8 +109,10 @@ class StreamingRecognizer:
             return True
         return self.revisions.run_one(self.total)
 
-    def finalize(self, decode: bool = True) -> None:
-        """Commit everything heard so far. decode=False reuses the last partial (fast exit)."""
+    def finalize(self, decode: bool = True, revise: Callable[[], bool] | None = None) -> None:
+        """Commit everything heard so far. decode=False reuses the last partial (fast exit).
+        `revise`: the finals still waiting for a revision get it now, with the audio there is,
+        a block at a time while `revise()` is true (a stop asked for meanwhile ends it)."""
         if self.utt_start is not None:
             utt = Utterance(self.utt_start, max(self.last_voice, self.utt_start + 1), self.segment_no)
             if decode:
@@ -124,8 +127,12 @@ class StreamingRecognizer:
                 self._flush_batch()
             else:
                 self.pending.clear()
-        # finals still waiting for a revision stay as they are: a stop must not wait for
-        # more decodes than the final one (the stop ladder's grace is a few seconds)
+        # otherwise finals still waiting for a revision stay as they are: a stop must not wait
+        # for more decodes than the final one (the stop ladder's grace is a few seconds)
+        t = time.process_time()
+        while decode and revise is not None and revise() and self.revisions.run_one(self.total, closing=True):
+            pass
+        self.closing_cpu = time.process_time() - t
 
     # -- live schedule ---------------------------------------------------------------------
     def _partial(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -110,8 +111,11 @@ def test_a_flooded_worker_leaves_within_a_second_of_sigterm(output_root):
             proc.wait(10)
         feeding.join(10)
         reading.join(10)
-        proc.stdin.close() if not proc.stdin.closed else None
         proc.stdout.close()
+        # the flood may have left bytes in the buffer for a pipe whose reader is gone: the
+        # flush fails, the close still happens
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
     assert took < 1.5, f"SIGTERM took {took:.1f} s"
     assert code in (0, 6)
     assert written[0] < 200, "no backpressure: the worker swallowed everything"

@@ -222,3 +222,35 @@ def test_a_suspicious_partial_is_not_decoded_again_nor_made_a_final(decoder):
     assert {f["data"]["reason"] for f in finals} == {"silence"}  # no agreement between shaky partials
     assert shaky.calls.count(True) == len(finals)  # each final decoded once more, with the retry
     assert wer((FIXTURES / "speech.txt").read_text(), " ".join(f["text"] for f in finals)) <= 0.1
+
+
+def test_a_stream_that_ends_by_itself_revises_its_last_finals(output_root):
+    """A file's last finals have no `REVISE_RIGHT_S + GATHER_S` of audio after them: at its end
+    (nobody waits on a stop's grace) they are revised with the audio there is."""
+    with lx.session(str(ROOM), realtime=True, output_root=output_root, out="closing") as s:
+        events = list(s.events())
+    assert s.end.kind == "clean"
+    finished = next(e.data for e in events if e.type == "status" and e.data.get("state") == "finished")
+    assert finished["reason"] == "end-of-source"
+    assert finished["unrevised_finals"] == 0 and finished["closing_cpu_s"] > 0, finished
+    shown = revised([e for e in events if e.type == "asr.final"], [e for e in events if e.type == "asr.revision"])
+    assert [c.text for c in webvtt.read(str(s.outputs["vtt"]))] == [e.text for e in shown]
+
+
+def test_the_closing_revisions_stop_when_asked(decoder):
+    """The closing pass runs a block at a time while it may: a stop asked for meanwhile ends it
+    (the stop's grace must not wait for optional decodes), and without it nothing waits."""
+    left = []
+    for revise in (None, lambda: False, lambda: True):
+        cfg = build_asr_config({})
+        rec = StreamingRecognizer(decoder, cfg, lambda t, **f: None, live=True)
+        for chunk in iter_file_chunks(str(FIXTURES / "speech.wav"), 0.1):
+            rec.push(chunk)
+            rec.tick(False)
+            rec.tick(False)
+        decodes = rec.decodes
+        rec.finalize(decode=True, revise=revise)
+        left.append((len(rec.revisions.queue), rec.decodes - decodes))
+    (none, none_decodes), (stopped, stopped_decodes), (closed, closed_decodes) = left
+    assert none >= 1 and stopped == none and stopped_decodes == none_decodes, left
+    assert closed == 0 and closed_decodes > none_decodes, left
