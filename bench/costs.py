@@ -78,8 +78,11 @@ def breakdown(path: Path, decoder, cfg) -> dict:
     attributing = _Attributing(decoder)
     sim = simulate(path, attributing, cfg)
     dur = audio_seconds(path)
+    # the closing pass runs once when the file ends: a cost per session, not per second
+    attributing.cpu["revisions"] -= sim["closing_cpu_s"]
     return {
         "file": path.stem,
+        "closing_cpu_s": sim["closing_cpu_s"],
         "cores": {k: v / dur for k, v in attributing.cpu.items()},
         "calls": attributing.calls,
         "per_partial_s": attributing.cpu["partials"] / max(1, attributing.calls["partials"]),
@@ -116,7 +119,8 @@ def markdown(res: dict) -> str:
         f"word alignment {u['align_8s_s'] * 1000:.0f} ms.\n"
         f"- `{b['file']}` in the recogniser (every tick taken): partials {c['partials']:.3f} cores "
         f"({b['calls']['partials']} decodes, {b['per_partial_s'] * 1000:.0f} ms each), finals decoded anew "
-        f"{c['finals']:.3f} ({b['calls']['finals']}), revision blocks {c['revisions']:.3f} ({b['calls']['revisions']}).\n"
+        f"{c['finals']:.3f} ({b['calls']['finals']}), revision blocks {c['revisions']:.3f} ({b['calls']['revisions']} "
+        f"decodes, with the closing pass's {b.get('closing_cpu_s', 0.0):.2f} s once at the end, not in that rate).\n"
         f"- The floor of this design: 2 partials per second of speech at that cost per partial is "
         f"**{b['partials_floor_cores']:.2f} cores** before any final or revision. A partial re-decodes the utterance so "
         "far (two decodes must agree for a final without silence, as in whisper_streaming), so its cost is one encoder "

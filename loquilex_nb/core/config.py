@@ -57,6 +57,7 @@ class AsrConfig:
     batch_window: float = 24.0
     context_chars: int = 200
     left_context: float = 6.0
+    final_context: float = 0.0
     revise: bool = True
 
     def validate(self) -> None:
@@ -76,6 +77,7 @@ class AsrConfig:
         _check_range("batch_window", self.batch_window, 2.0, 28.0)
         _check_range("context_chars", self.context_chars, 0, 1000, int)
         _check_range("left_context", self.left_context, 0.0, 10.0)
+        _check_range("final_context", self.final_context, 0.0, 10.0)
         if not isinstance(self.revise, bool):
             raise ValueError(f"revise must be True or False, got {self.revise!r}")
         if not isinstance(self.language, str) or self.language not in LANGUAGES:

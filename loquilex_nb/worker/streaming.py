@@ -6,7 +6,9 @@ Two schedules share one decoder:
   to a sentence end (agreement.py), when `vad_silence` of silence ends the utterance, or
   when it reaches `max_segment`. A final is the utterance decoded alone, with the text
   before it as the prompt; at a silence the last partial is that decode already when it
-  covered the utterance's end, so the final costs nothing and comes at once. Later, with
+  covered the utterance's end, so the final costs nothing and comes at once (with
+  `final_context`, a final the decoder is unsure of is decoded once more with the audio
+  before it, for a better first text at the cost of a decode). Later, with
   `left_context` of audio before and a few seconds after, revisions.py re-decodes recent
   finals in blocks and may replace a final's text (`asr.revision`).
 - batch (file as fast as possible): finished utterances are gathered up to `batch_window`
@@ -26,7 +28,7 @@ import numpy as np
 from ..core.config import SAMPLE_RATE, AsrConfig
 from .agreement import SENTENCE_END, TimedWord, agreed_prefix, commit_point, inside, join, nearest, timed
 from .decoder import Hypothesis, Word
-from .revisions import Revisions
+from .revisions import Revisions, confidence
 from .vad import EnergyVad
 
 PAD = int(1.0 * SAMPLE_RATE)  # audio around an utterance: edges are not cut, and Whisper gets a lead-in
@@ -35,6 +37,7 @@ END_SLACK = 0.1  # seconds a word may end after the detector's last voiced frame
 CUT_SLACK = int(0.1 * SAMPLE_RATE)  # a word whose middle is this close before the utterance is its own
 REUSE_SLACK = int(0.05 * SAMPLE_RATE)  # audio past the last voiced frame a reused partial must cover
 SETTLE_S = 0.6  # an agreed sentence end with nothing said after it for this long is final
+FINAL_DOUBT = 0.55  # with `final_context`: a final whose mean word probability is under this is decoded again
 AGREE_LONG_S = 3.0  # past this, agreed words are committed even without a sentence end
 
 Emit = Callable[..., None]
@@ -68,6 +71,7 @@ class StreamingRecognizer:
         self.decode_cpu = 0.0
         self.decodes = 0
         self.closing_cpu = 0.0  # CPU seconds of the closing revisions (finalize)
+        self.context_decodes = 0  # finals decoded again with left context (`final_context`)
         self.prev_words: list[TimedWord] = []  # the last partial's words, for agreement
         self.prev_upto = 0  # audio the last partial's decode covered
         self.revisions = Revisions(self, enabled=live and cfg.revise, left=cfg.left_context)
@@ -221,11 +225,26 @@ class StreamingRecognizer:
         return [w for w in self.prev_words if w.start < utt.end + REUSE_SLACK]
 
     def _final_words(self, utt: Utterance, words: list[TimedWord], *, reason: str) -> None:
+        if self.cfg.final_context and words and confidence(words) < FINAL_DOUBT:
+            words = self._with_left_context(utt, words)
         text = join(words)
         plain = [Word(w.word, (w.start - utt.start) / SAMPLE_RATE, (w.end - utt.start) / SAMPLE_RATE, w.probability) for w in words]
         if self._emit_final(utt, text, plain, offset=_sec(utt.start), reason=reason):
             self.revisions.add(utt, text, words)
         self.partial_text = ""
+
+    def _with_left_context(self, utt: Utterance, words: list[TimedWord]) -> list[TimedWord]:
+        """A final the decoder is unsure of, decoded again with up to `final_context` of the
+        audio before it (whole earlier finals) and the utterance's own words kept; the more
+        confident of the two decodes stands. One decode more, only where it may pay: on clean
+        speech few finals qualify, under reverb and music many."""
+        lo, prompt = self.context_at(utt.start, int(self.cfg.final_context * SAMPLE_RATE))
+        if lo >= utt.start - PAD:  # no earlier final in reach: nothing to add
+            return words
+        hyp = self._decode_span(lo, min(self.total, utt.end + PAD), prompt, words=True)
+        again = inside(timed(hyp.words, lo), utt.start, utt.end, slack=CUT_SLACK)
+        self.context_decodes += 1
+        return again if again and confidence(again) > confidence(words) else words
 
     def _forced_split(self, now: int) -> None:
         """An utterance too long to decode in one window: commit all but its last second."""
@@ -370,6 +389,8 @@ class StreamingRecognizer:
         keep_from = self.total - PAD
         if self.utt_start is not None:
             keep_from = min(keep_from, self.utt_start - PAD)
+        if self.cfg.final_context:  # the audio before the utterance its final may be decoded with
+            keep_from = min(keep_from, (self.total if self.utt_start is None else self.utt_start) - int(self.cfg.final_context * SAMPLE_RATE))
         if self.pending:
             keep_from = min(keep_from, self.pending[0].start - PAD)
         keep_from = min(keep_from, self.revisions.needs_from())

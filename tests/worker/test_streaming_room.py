@@ -126,6 +126,8 @@ def test_revise_option_is_validated_and_can_be_off(output_root):
         lx.session(str(ROOM), revise="yes", output_root=output_root)
     with pytest.raises(ValueError, match="left_context"):
         lx.session(str(ROOM), left_context=60, output_root=output_root)
+    with pytest.raises(ValueError, match="final_context"):
+        lx.session(str(ROOM), final_context=-1, output_root=output_root)
 
 
 def test_a_repeated_sentence_is_not_swallowed_by_its_left_context(decoder):
@@ -254,3 +256,32 @@ def test_the_closing_revisions_stop_when_asked(decoder):
     (none, none_decodes), (stopped, stopped_decodes), (closed, closed_decodes) = left
     assert none >= 1 and stopped == none and stopped_decodes == none_decodes, left
     assert closed == 0 and closed_decodes > none_decodes, left
+
+
+def test_final_context_decodes_unsure_finals_again_and_keeps_their_own_words(decoder):
+    """`final_context`: a final the decoder is unsure of is decoded again with the audio before
+    it; only its own words are kept (the earlier final's words are not repeated), and captions
+    are no worse than without."""
+    from loquilex_nb.worker.agreement import norm
+
+    texts = {}
+    for seconds in (0.0, 6.0):
+        finals = []
+        rec = StreamingRecognizer(decoder, build_asr_config({"final_context": seconds, "revise": False}),
+                                  lambda t, **f: finals.append(f) if t == "asr.final" else None, live=True)
+        for chunk in iter_file_chunks(str(ROOM), 0.1):
+            rec.push(chunk)
+            rec.tick(False)
+            rec.tick(False)
+        rec.finalize(decode=True)
+        texts[seconds] = [f["text"] for f in finals]
+        if seconds:
+            assert rec.context_decodes >= 1, texts
+            assert all(a["t1"] <= b["t0"] + 0.1 for a, b in zip(finals, finals[1:])), finals
+            for a, b in zip(finals, finals[1:]):  # a cut inside the left context would repeat a word here
+                last, first = [norm(w) for w in a["text"].split()][-2:], [norm(w) for w in b["text"].split()][:2]
+                assert last != first, (a["text"], b["text"])
+        else:
+            assert rec.context_decodes == 0
+    reference = ROOM.with_suffix(".txt").read_text()
+    assert wer(reference, " ".join(texts[6.0])) <= wer(reference, " ".join(texts[0.0])) + 0.1, texts
