@@ -266,9 +266,9 @@ def test_final_context_decodes_unsure_finals_again_and_keeps_their_own_words(dec
 
     texts = {}
     for seconds in (0.0, 6.0):
-        finals = []
+        finals: list[dict] = []
         rec = StreamingRecognizer(decoder, build_asr_config({"final_context": seconds, "revise": False}),
-                                  lambda t, **f: finals.append(f) if t == "asr.final" else None, live=True)
+                                  lambda t, finals=finals, **f: finals.append(f) if t == "asr.final" else None, live=True)
         for chunk in iter_file_chunks(str(ROOM), 0.1):
             rec.push(chunk)
             rec.tick(False)
