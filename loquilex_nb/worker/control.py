@@ -39,12 +39,12 @@ class ControlReader(threading.Thread):
     """Moves control messages from the pipe into the backlog, in order. It blocks only on the
     pipe (with the leave pipe beside it) and while waiting for room: exit is always seen."""
 
-    def __init__(self, fd: int, backlog: Backlog, leave_fd: int, quick: Latch, stop_signal: Latch, initial: bytes = b"") -> None:
+    def __init__(self, fd: int, backlog: Backlog, leaving: Latch, quick: Latch, stop_signal: Latch, initial: bytes = b"") -> None:
         super().__init__(name="loquilex-control")
         self.stop_requested = threading.Event()
         self.fd = fd
         self.backlog = backlog
-        self.leave_fd = leave_fd  # readable once the main thread is in its exit path
+        self.leaving = leaving  # set once the main thread is in its exit path
         self.quick = quick
         self.stop_signal = stop_signal  # SIGUSR1: the supervisor is stopping us, out of band
         self.buf = bytearray(initial)
@@ -53,8 +53,8 @@ class ControlReader(threading.Thread):
         return self.stop_signal.is_set() or self.stop_requested.is_set()
 
     def _read_more(self) -> bool:
-        ready, _, _ = select.select([self.fd, self.leave_fd], [], [])
-        if self.leave_fd in ready:
+        ready, _, _ = select.select([self.fd, self.leaving], [], [])
+        if self.leaving in ready:
             return False
         data = os.read(self.fd, READ_BLOCK)
         if not data:
@@ -90,9 +90,10 @@ class ControlReader(threading.Thread):
 
     def _audio(self, data: bytes, fmt: str) -> bool:
         samples = len(data) // (4 if fmt == "f32le" else 2)
-        # backpressure while running; once stopping, the stop must not wait behind audio
-        self.backlog.wait_room(samples, lambda: self.quick.is_set() or self.stopping())
-        if self.quick.is_set():
+        # backpressure while running; once stopping, the stop must not wait behind audio; the
+        # exit path must not wait behind us
+        self.backlog.wait_room(samples, lambda: self.quick.is_set() or self.leaving.is_set() or self.stopping())
+        if self.quick.is_set() or self.leaving.is_set():
             return False
         self.backlog.put_audio("pcm", (data, fmt), samples, len(data))
         return True

@@ -47,13 +47,13 @@ def main() -> int:
     stop_signal = Latch()  # SIGUSR1: the supervisor's out-of-band stop
     handlers = Handlers(quick, stop_signal)
     backlog = Backlog()
-    leave_r, leave_w = os.pipe()  # written once the main thread is in its exit path
+    leaving = Latch()  # set once the main thread is in its exit path
 
     def overdue() -> None:
         emit("error", data={"code": "worker-exit", "detail": f"still busy {EXIT_DEADLINE_S:g} s after being told to leave; leaving"})
         os._exit(6)
 
-    watch = SignalWatch(handlers.read_fd, leave_r, quick, stop_signal, backlog.wake, overdue)
+    watch = SignalWatch(handlers.read_fd, leaving, quick, stop_signal, backlog.wake, overdue)
     watch.start()
     threads: list[threading.Thread] = [watch]
     code = 4
@@ -61,26 +61,33 @@ def main() -> int:
         control_fd = sys.stdin.fileno()
         cfg, rest = read_config(control_fd, quick)
         if cfg is not None:
-            reader = ControlReader(control_fd, backlog, leave_r, quick, stop_signal, rest)
+            reader = ControlReader(control_fd, backlog, leaving, quick, stop_signal, rest)
             reader.start()
             threads.append(reader)
             code = serve(cfg, emit, backlog, reader, quick, stop_signal, threads)
     finally:
-        os.write(leave_w, b"x")
-        deadline = time.monotonic() + JOIN_S
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        stuck = [t.name for t in threads if t.is_alive()]
+        stuck = leave(threads, leaving, backlog)
         if stuck:
             # never reached in a healthy worker; the exit must stay bounded regardless
             emit("error", data={"code": "worker-exit", "detail": f"threads {stuck} did not stop; leaving"})
             os._exit(code or 5)
         handlers.close()
-        for fd in (leave_r, leave_w):
-            os.close(fd)
+        leaving.close()
         quick.close()
         stop_signal.close()
     return code
+
+
+def leave(threads: list[threading.Thread], leaving: Latch, backlog: Backlog, join_s: float = JOIN_S) -> list[str]:
+    """The exit path: tell our threads, join them within `join_s`; returns those still alive."""
+    leaving.set()
+    # a reader waiting for room sleeps on the backlog's condition, not on a pipe: SIGTERM's
+    # own wake-up may never come (the signal watcher leaves as soon as it sees `leaving`)
+    backlog.interrupt()
+    deadline = time.monotonic() + join_s
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [t.name for t in threads if t.is_alive()]
 
 
 def serve(cfg: dict[str, Any], emit: EventOut, backlog: Backlog, reader: ControlReader, quick: Latch,

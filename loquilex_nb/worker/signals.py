@@ -86,11 +86,11 @@ class SignalWatch(threading.Thread):
     and wakes the main loop with `notify`. Once told to leave (`quick`), the main thread gets
     `EXIT_DEADLINE_S`; past it `on_overdue` runs (it leaves the process)."""
 
-    def __init__(self, sig_fd: int, leave_fd: int, quick: Latch, stop_signal: Latch,
+    def __init__(self, sig_fd: int, leaving: Latch, quick: Latch, stop_signal: Latch,
                  notify: Callable[[], None], on_overdue: Callable[[], None]) -> None:
         super().__init__(name="loquilex-signals")
         self.sig_fd = sig_fd
-        self.leave_fd = leave_fd  # readable once the main thread is in its exit path
+        self.leaving = leaving  # set once the main thread is in its exit path
         self.quick = quick
         self.stop_signal = stop_signal
         self.notify = notify
@@ -98,14 +98,14 @@ class SignalWatch(threading.Thread):
 
     def run(self) -> None:
         while True:
-            watched = [self.sig_fd, self.leave_fd]
+            watched: list[Any] = [self.sig_fd, self.leaving]
             timeout = None
             if self.quick.at is None:
                 watched.append(self.quick.fileno())  # EOF seen by the reader arms the deadline too
             else:
                 timeout = max(0.0, self.quick.at + EXIT_DEADLINE_S - time.monotonic())
             ready, _, _ = select.select(watched, [], [], timeout)
-            if self.leave_fd in ready:
+            if self.leaving in ready:
                 return  # the main thread is in its exit path (bounded on its own)
             if self.sig_fd in ready:
                 for num in os.read(self.sig_fd, 64):

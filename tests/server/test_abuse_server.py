@@ -291,5 +291,5 @@ async def test_websocket_messages_need_the_same_action_as_rest(jp_serverapp, jp_
     assert codes == ["forbidden", "forbidden", "forbidden", "bad-ack"], codes
     await asyncio.sleep(0.5)
     assert session.alive and session.state != "stopping"
-    c.ws.close()
+    await c.aclose()
     await session.close()
