@@ -101,31 +101,23 @@ def oracle(decoder, audio, spans, sentences, *, left: float, right: float, beam:
 
 def batch_rows(model, path: Path, spans) -> tuple[str, str]:
     from loquilex_nb.core.config import SAMPLE_RATE
+    from loquilex_nb.worker.agreement import nearest
 
     segments, _ = model.transcribe(str(path), language="en", beam_size=1, word_timestamps=True)
     words = [w for seg in segments for w in (seg.words or [])]
     whole = " ".join(w.word.strip() for w in words)
-    cut = []
-    for s, e in spans:  # each word to the sentence its middle is nearest to
-        cut.append([])
-    for w in words:
-        mid = (w.start + w.end) / 2 * SAMPLE_RATE
-        i = min(range(len(spans)), key=lambda k: 0 if spans[k][0] <= mid <= spans[k][1] else min(abs(mid - spans[k][0]), abs(mid - spans[k][1])))
-        cut[i].append(w.word.strip())
+    cut: list[list[str]] = [[] for _ in spans]
+    for w in words:  # each word to the sentence its middle is in, or nearest to
+        cut[nearest(spans, int((w.start + w.end) / 2 * SAMPLE_RATE))].append(w.word.strip())
     return whole, " ".join(" ".join(c) for c in cut)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set", default="harvard", choices=("harvard", "tuned"))
-    ap.add_argument("--out", type=Path, default=REPO / "bench-out" / "floor.json")
-    args = ap.parse_args()
-
+def run(set_: str = "harvard", log=print) -> dict:
     from loquilex_nb.core.config import build_asr_config
     from loquilex_nb.worker.decoder import WhisperDecoder
     from loquilex_nb.worker.revisions import REVISE_RIGHT_S
 
-    if not (ROOM / f"{args.set}_clean.wav").exists():
+    if not (ROOM / f"{set_}_clean.wav").exists():
         from live import make_audio
 
         make_audio(ROOM)
@@ -138,11 +130,11 @@ def main() -> None:
         "right 10 s": dict(left=LEFT_S, right=10.0, beam=5),
     }
     results = {}
-    clean = ROOM / f"{args.set}_clean.wav"
+    clean = ROOM / f"{set_}_clean.wav"
     sentences = [line.strip() for line in clean.with_suffix(".txt").read_text().splitlines() if line.strip()]
     spans = sentence_spans(clean, len(sentences))
     for cond in CONDITIONS:
-        path = ROOM / f"{args.set}_{cond}.wav"
+        path = ROOM / f"{set_}_{cond}.wav"
         ref = reference_for(path)
         audio = load(path)
         whole, cut = batch_rows(decoder.model, path, spans)
@@ -150,9 +142,18 @@ def main() -> None:
         for name, kw in variants.items():
             row[name] = wer(ref, oracle(decoder, audio, spans, sentences, **kw))
         results[cond] = {k: round(v, 3) for k, v in row.items()}
-        print(cond, json.dumps(results[cond]), flush=True)
+        log(f"  {set_}_{cond} {json.dumps(results[cond])}")
+    return {"set": set_, "rows": results}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", default="harvard", choices=("harvard", "tuned"))
+    ap.add_argument("--out", type=Path, default=REPO / "bench-out" / "floor.json")
+    args = ap.parse_args()
+    result = run(args.set)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"set": args.set, "rows": results}, indent=2) + "\n")
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from asr import bench_asr  # noqa: E402
 from cycles import bench_cycles  # noqa: E402
 from fanout import bench_fanout  # noqa: E402
 from faults import bench_faults  # noqa: E402
+from floor import run as floor_run  # noqa: E402
 from hub import hub_section  # noqa: E402
 from labext import bench_labext  # noqa: E402
 from latency import bench_latency  # noqa: E402
@@ -220,6 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # one failed part must not lose the rest of the bench
             results["live"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
         timings["live"] = round(time.monotonic() - t, 1)
+        if mode == "full":  # ~8 min of decodes: not in bench-quick
+            t = time.monotonic()
+            log("2b. the model's floor under the latency bounds (bench/floor.py)")
+            try:
+                results["floor"] = floor_run(log=log)
+            except Exception as exc:
+                results["floor"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+            timings["floor"] = round(time.monotonic() - t, 1)
         if not args.quick or args.hub:  # before the server sections: the cycles then fit what is left
             log("7. JupyterHub: proxy vs direct, 4 users x 2 sessions, hub stops")
             results["hub"] = asyncio.run(hub_section(tmp, args.quick, log))
