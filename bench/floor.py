@@ -10,9 +10,13 @@ reference sentence), the true text of the sentences before as the prompt, and wh
 sentences as acoustic left context. Each sentence is decoded in its own window and its words
 are cut by their timestamps, as the recogniser does. Rows:
 
-- `batch`: one greedy `transcribe` of the whole file (the reference the targets are set against);
-- `batch, cut`: the same decode's words assigned to the true sentences (the control: cutting
-  by timestamps costs nothing measurable);
+- `batch`: one greedy `transcribe` of the whole file (the reference the targets are set against,
+  as in bench/live.py);
+- `batch, word timestamps`: the same with `word_timestamps=True`, which only moves where its
+  30 s windows start (after the last word, not the last segment): the spread of the reference
+  itself;
+- `that, cut`: that decode's words assigned to the true sentences (the control: cutting by
+  timestamps costs nothing measurable);
 - `oracle final`: each sentence alone with 1 s of audio around it (what a live final can hear);
 - `+ left 10 s`: with up to 10 s of earlier sentences before it;
 - `+ beam 5`: the same with a 5-wide beam (live finals are greedy);
@@ -113,13 +117,13 @@ def batch_rows(model, path: Path, spans) -> tuple[str, str]:
 
 
 def run(set_: str = "harvard", log=print) -> dict:
+    from live import batch_text, make_audio
+
     from loquilex_nb.core.config import build_asr_config
     from loquilex_nb.worker.decoder import WhisperDecoder
     from loquilex_nb.worker.revisions import REVISE_RIGHT_S
 
     if not (ROOM / f"{set_}_clean.wav").exists():
-        from live import make_audio
-
         make_audio(ROOM)
     decoder = WhisperDecoder(build_asr_config({}))
     variants = {
@@ -138,12 +142,26 @@ def run(set_: str = "harvard", log=print) -> dict:
         ref = reference_for(path)
         audio = load(path)
         whole, cut = batch_rows(decoder.model, path, spans)
-        row = {"batch": wer(ref, whole), "batch, cut": wer(ref, cut)}
+        row = {"batch": wer(ref, batch_text(decoder.model, path)), "batch, word timestamps": wer(ref, whole), "that, cut": wer(ref, cut)}
         for name, kw in variants.items():
             row[name] = wer(ref, oracle(decoder, audio, spans, sentences, **kw))
         results[cond] = {k: round(v, 3) for k, v in row.items()}
         log(f"  {set_}_{cond} {json.dumps(results[cond])}")
     return {"set": set_, "rows": results}
+
+
+def markdown(res: dict) -> str:
+    rows = res.get("rows")
+    if not rows:
+        return f"failed: {res.get('error')}"
+    cols = list(next(iter(rows.values())))
+    head = "| file | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1) + "\n"
+    return head + "\n".join(
+        f"| {res['set']}_{cond} | " + " | ".join(
+            f"{row[c]:.3f}" + ("" if c == "batch" else f" ({row[c] - row['batch']:+.3f})") for c in cols
+        ) + " |"
+        for cond, row in rows.items()
+    )
 
 
 def main() -> None:
