@@ -34,6 +34,18 @@ def blocked_reader(backlog: Backlog, quick: Latch, leaving: Latch):
     return reader, (r, w, stop_signal)
 
 
+def release(reader, fds, backlog: Backlog, quick: Latch, leaving: Latch) -> None:
+    leaving.set()
+    backlog.interrupt()
+    reader.join(5)
+    r, w, stop_signal = fds
+    os.close(r)
+    os.close(w)
+    stop_signal.close()
+    quick.close()
+    leaving.close()
+
+
 def test_sigterm_seen_by_the_main_thread_alone_does_not_hold_the_exit():
     # SIGTERM's Python handler only sets the flag (it may take no lock); the watcher that would
     # wake the reader leaves as soon as the exit path starts, so the exit path must wake it
@@ -45,15 +57,7 @@ def test_sigterm_seen_by_the_main_thread_alone_does_not_hold_the_exit():
         stuck = leave([reader], leaving, backlog, join_s=3.0)
         took = time.monotonic() - started
     finally:
-        leaving.set()
-        backlog.interrupt()
-        reader.join(5)
-        r, w, stop_signal = fds
-        os.close(r)
-        os.close(w)
-        stop_signal.close()
-        quick.close()
-        leaving.close()
+        release(reader, fds, backlog, quick, leaving)
     assert stuck == [] and not reader.is_alive()
     assert took < 1.0, f"the reader held the exit for {took:.1f} s"
 
@@ -64,14 +68,6 @@ def test_an_exit_for_any_reason_releases_a_reader_waiting_for_room():
     try:
         stuck = leave([reader], leaving, backlog, join_s=3.0)
     finally:
-        leaving.set()
-        backlog.interrupt()
-        reader.join(5)
-        r, w, stop_signal = fds
-        os.close(r)
-        os.close(w)
-        stop_signal.close()
-        quick.close()
-        leaving.close()
+        release(reader, fds, backlog, quick, leaving)
     assert stuck == [] and not reader.is_alive()
     assert backlog.qsize() >= 1  # what was queued before the exit is still there (plus the eof)
