@@ -48,6 +48,7 @@ from measure import REPO, concat_wav, machine  # noqa: E402
 from overhead import bench_overhead  # noqa: E402
 from report import render_markdown, render_text, update_readme  # noqa: E402
 from server import SAMPLE, SPEECH, JupyterServer, counters, settle_to  # noqa: E402
+from spread import run as spread_run  # noqa: E402
 from stall import bench_stall  # noqa: E402
 from stopping import bench_stopping  # noqa: E402
 
@@ -229,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 results["floor"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
             timings["floor"] = round(time.monotonic() - t, 1)
+            t = time.monotonic()
+            log("2b. how far the room figures move with the audio's start (bench/spread.py)")
+            try:
+                results["spread"] = spread_run(log=log)
+            except Exception as exc:
+                results["spread"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+            timings["spread"] = round(time.monotonic() - t, 1)
         if not args.quick or args.hub:  # before the server sections: the cycles then fit what is left
             log("7. JupyterHub: proxy vs direct, 4 users x 2 sessions, hub stops")
             results["hub"] = asyncio.run(hub_section(tmp, args.quick, log))

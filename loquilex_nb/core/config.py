@@ -57,7 +57,8 @@ class AsrConfig:
     batch_window: float = 24.0
     context_chars: int = 200
     left_context: float = 6.0
-    final_context: float = 0.0
+    final_context: float = 3.0
+    cpu_budget: float = 0.45
     revise: bool = True
 
     def validate(self) -> None:
@@ -78,6 +79,7 @@ class AsrConfig:
         _check_range("context_chars", self.context_chars, 0, 1000, int)
         _check_range("left_context", self.left_context, 0.0, 10.0)
         _check_range("final_context", self.final_context, 0.0, 10.0)
+        _check_range("cpu_budget", self.cpu_budget, 0.0, 64.0)
         if not isinstance(self.revise, bool):
             raise ValueError(f"revise must be True or False, got {self.revise!r}")
         if not isinstance(self.language, str) or self.language not in LANGUAGES:

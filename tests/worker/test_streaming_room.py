@@ -128,6 +128,8 @@ def test_revise_option_is_validated_and_can_be_off(output_root):
         lx.session(str(ROOM), left_context=60, output_root=output_root)
     with pytest.raises(ValueError, match="final_context"):
         lx.session(str(ROOM), final_context=-1, output_root=output_root)
+    with pytest.raises(ValueError, match="cpu_budget"):
+        lx.session(str(ROOM), cpu_budget="half", output_root=output_root)
 
 
 def test_a_repeated_sentence_is_not_swallowed_by_its_left_context(decoder):
@@ -261,27 +263,31 @@ def test_the_closing_revisions_stop_when_asked(decoder):
 def test_final_context_decodes_unsure_finals_again_and_keeps_their_own_words(decoder):
     """`final_context`: a final the decoder is unsure of is decoded again with the audio before
     it; only its own words are kept (the earlier final's words are not repeated), and captions
-    are no worse than without."""
+    are no worse than without. Over `cpu_budget` (here 0 cores) the stream skips that decode
+    and its finals are the ones without context."""
     from loquilex_nb.worker.agreement import norm
 
     texts = {}
-    for seconds in (0.0, 6.0):
+    for name, seconds, budget in (("off", 0.0, 64.0), ("on", 6.0, 64.0), ("over budget", 6.0, 0.0)):
         finals: list[dict] = []
-        rec = StreamingRecognizer(decoder, build_asr_config({"final_context": seconds, "revise": False}),
+        options = {"final_context": seconds, "cpu_budget": budget, "revise": False}
+        rec = StreamingRecognizer(decoder, build_asr_config(options),
                                   lambda t, finals=finals, **f: finals.append(f) if t == "asr.final" else None, live=True)
         for chunk in iter_file_chunks(str(ROOM), 0.1):
             rec.push(chunk)
             rec.tick(False)
             rec.tick(False)
         rec.finalize(decode=True)
-        texts[seconds] = [f["text"] for f in finals]
-        if seconds:
-            assert rec.context_decodes >= 1, texts
+        texts[name] = [f["text"] for f in finals]
+        if name == "on":
+            assert rec.context_decodes >= 1 and rec.context_skipped == 0, texts
             assert all(a["t1"] <= b["t0"] + 0.1 for a, b in zip(finals, finals[1:])), finals
             for a, b in zip(finals, finals[1:]):  # a cut inside the left context would repeat a word here
                 last, first = [norm(w) for w in a["text"].split()][-2:], [norm(w) for w in b["text"].split()][:2]
                 assert last != first, (a["text"], b["text"])
         else:
             assert rec.context_decodes == 0
+            assert (rec.context_skipped >= 1) == (name == "over budget"), rec.context_skipped
+    assert texts["over budget"] == texts["off"], texts
     reference = ROOM.with_suffix(".txt").read_text()
-    assert wer(reference, " ".join(texts[6.0])) <= wer(reference, " ".join(texts[0.0])) + 0.1, texts
+    assert wer(reference, " ".join(texts["on"])) <= wer(reference, " ".join(texts["off"])) + 0.1, texts
