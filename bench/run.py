@@ -222,21 +222,18 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # one failed part must not lose the rest of the bench
             results["live"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
         timings["live"] = round(time.monotonic() - t, 1)
-        if mode == "full":  # ~8 min of decodes: not in bench-quick
-            t = time.monotonic()
-            log("2b. the model's floor under the latency bounds (bench/floor.py)")
-            try:
-                results["floor"] = floor_run(log=log)
-            except Exception as exc:
-                results["floor"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
-            timings["floor"] = round(time.monotonic() - t, 1)
-            t = time.monotonic()
-            log("2b. how far the room figures move with the audio's start (bench/spread.py)")
-            try:
-                results["spread"] = spread_run(log=log)
-            except Exception as exc:
-                results["spread"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
-            timings["spread"] = round(time.monotonic() - t, 1)
+        if mode == "full":  # ~8 + ~16 min of decodes: not in bench-quick
+            for key, title, part in (
+                ("floor", "the model's floor under the latency bounds (bench/floor.py)", floor_run),
+                ("spread", "how far the room figures move with the audio's start (bench/spread.py)", spread_run),
+            ):
+                t = time.monotonic()
+                log(f"2b. {title}")
+                try:
+                    results[key] = part(log=log)
+                except Exception as exc:
+                    results[key] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+                timings[key] = round(time.monotonic() - t, 1)
         if not args.quick or args.hub:  # before the server sections: the cycles then fit what is left
             log("7. JupyterHub: proxy vs direct, 4 users x 2 sessions, hub stops")
             results["hub"] = asyncio.run(hub_section(tmp, args.quick, log))
