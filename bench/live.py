@@ -123,6 +123,8 @@ def simulate(path: Path, decoder, cfg) -> dict:
         "decode_cpu_s": rec.decode_cpu,
         "decode_cores": (rec.decode_cpu - rec.closing_cpu) / dur,
         "closing_cpu_s": rec.closing_cpu,
+        "context_cpu_s": rec.context_cpu,
+        "context_decodes": rec.context_decodes,
         "decodes": rec.decodes,
     }
 

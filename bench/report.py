@@ -677,9 +677,19 @@ def render_markdown(r: dict) -> str:
         parts.append(_failed(c))
 
     if r.get("live") is not None:
+        from floor import markdown as floor_markdown
         from live import markdown as live_markdown
+        from spread import markdown as spread_markdown
 
-        parts += ["## 2b. Live captions in a room", live_markdown(r["live"])]
+        parts += [
+            "## 2b. Live captions in a room",
+            "What these tables say, the targets they meet and miss, and the experiments behind the recogniser's "
+            "choices: [LIVE_CAPTIONS.md](LIVE_CAPTIONS.md) (written by hand).",
+            live_markdown(r["live"]),
+        ]
+        for key, markdown in (("floor", floor_markdown), ("spread", spread_markdown)):
+            if r.get(key) is not None:
+                parts.append(markdown(r[key]))
 
     # 5
     fa = r.get("faults")

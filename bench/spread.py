@@ -90,9 +90,19 @@ def run(files: tuple[str, ...] | list[str] = FILES, shifts: tuple[int, ...] | li
     return {"shifts_ms": list(shifts), "files": rows}
 
 
+INTRO = (
+    "**How far these figures move** (`bench/spread.py`): the same files with "
+    "{shifts} ms of silence put first, nothing else changed (not the words, voices or noise; only where the "
+    "detector's 30 ms frames, the partials' schedule and batch's 30 s windows fall), batch and the recogniser in-process:"
+)
+
+
 def markdown(res: dict) -> str:
     head = ["file", "batch WER", "finals WER", "revised WER", "finals − batch", "revised − batch", "lag p50 s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if not res.get("files"):
+        return f"failed: {res.get('error')}"
+    shifts = ", ".join(map(str, res["shifts_ms"]))
+    lines = [INTRO.format(shifts=shifts), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for stem, row in res["files"].items():
         runs = row["runs"]
         col = {k: [r[k] for r in runs] for k in ("batch", "finals", "revised", "lag_p50")}

@@ -73,6 +73,7 @@ class StreamingRecognizer:
         self.closing_cpu = 0.0  # CPU seconds of the closing revisions (finalize)
         self.context_decodes = 0  # finals decoded again with left context (`final_context`)
         self.context_skipped = 0  # ... and those not: the stream was over `cpu_budget`
+        self.context_cpu = 0.0  # CPU seconds of those decodes (part of decode_cpu)
         self.prev_words: list[TimedWord] = []  # the last partial's words, for agreement
         self.prev_upto = 0  # audio the last partial's decode covered
         self.revisions = Revisions(self, enabled=live and cfg.revise, left=cfg.left_context)
@@ -247,7 +248,9 @@ class StreamingRecognizer:
             return words
         # not retried in a full 30 s window when it looks like a loop: the final it would only
         # improve is already there, and that retry is the costliest decode there is
+        before = self.decode_cpu
         hyp = self._decode_span(lo, min(self.total, utt.end + PAD), prompt, words=True, retry=False)
+        self.context_cpu += self.decode_cpu - before
         again = [] if hyp.suspicious else inside(timed(hyp.words, lo), utt.start, utt.end, slack=CUT_SLACK)
         self.context_decodes += 1
         return again if again and confidence(again) > confidence(words) else words
